@@ -1,0 +1,8 @@
+import pytest
+
+from helpers import SingleGaussian
+
+
+@pytest.fixture
+def gaussian():
+    return SingleGaussian()
