@@ -12,7 +12,10 @@ runs N = len(sigmas) - 1 model calls ``model(x, sigma * s_in, **extra_args)`` an
 * ``corrector``: the zero-extra-call UniPC-style corrector (default on for UniPC bases only);
 * ``eval_offsets`` [N]: decoupled model-evaluation times, in half-log-SNR units: step i calls the
   model at the sigma whose lambda is lambda(sigma_i) + eval_offsets[i], on the state at sigma_i;
-* ``convention``: ``"auto"`` (ComfyUI flow models are detected), ``"ve"`` or ``"flow"``.
+* ``convention``: ``"auto"`` (ComfyUI flow models are detected), ``"ve"`` or ``"flow"``;
+* ``step_hook(i, x_next, direction) -> x_next``: called after each predictor step with the
+  step's D-ODE direction ``s_i (D_i - D_{i-1})`` (step 0: ``s_0 (D_0 - x_0)``); what it returns is
+  carried on. The closed-form D-ODE fit uses it to solve for each step scale in turn.
 
 Nothing here is wrapped in ``no_grad``: the result is differentiable with respect to ``sigmas``,
 every coefficient tensor and ``x``. Coefficient arithmetic runs in float64 on the CPU (N scalars);
@@ -93,7 +96,7 @@ def _check_coefficient(name, value, shape, hint):
 def sample_learned(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                    base: str = "dpmpp_2m", convention: str = "auto", d_corrections=None,
                    step_scales=None, corrector=None, corrector_corrections=None,
-                   eval_offsets=None, max_order=None):
+                   eval_offsets=None, max_order=None, step_hook=None):
     """Solve the probability-flow ODE from ``sigmas[0]`` to ``sigmas[-1]`` with N model calls.
 
     x: [B, ...] state at ``sigmas[0]`` (already noise-scaled, as ComfyUI passes it).
@@ -136,6 +139,7 @@ def sample_learned(model, x, sigmas, extra_args=None, callback=None, disable=Non
     to_x = dict(device=x.device, dtype=x.dtype)
     x_w, d_w = tables.x_weights.to(**to_x), tables.d_weights.to(**to_x)
     c_x, c_d = tables.corrector_x.to(**to_x), tables.corrector_d.to(**to_x)
+    d_scale = tables.d_scale.to(**to_x)
     if eval_offsets is None:
         model_sigmas = sigmas.to(x.device)
     else:
@@ -168,6 +172,9 @@ def sample_learned(model, x, sigmas, extra_args=None, callback=None, disable=Non
                 x_next = x_next + x_w[i, k] * states[k]
         for k, past in enumerate(outputs):
             x_next = x_next + d_w[i, k] * past
+        if step_hook is not None:
+            previous = outputs[1] if len(outputs) > 1 else x
+            x_next = step_hook(i, x_next, d_scale[i] * (denoised - previous))
         x = x_next
     return x
 

@@ -1,7 +1,8 @@
 """Classical sigma grids, in host units, float64, strictly decreasing.
 
-Each returns ``steps + 1`` sigmas; ``final_zero=True`` replaces the last one by 0 the way
-ComfyUI schedules end (a final denoising step), keeping ``steps`` model calls.
+Each returns ``steps + 1`` sigmas, i.e. ``steps`` model calls. With ``final_zero=True`` the grid
+ends like ComfyUI's schedulers: ``steps`` positive sigmas from sigma_max down to sigma_min, then
+0 (a final denoising step); otherwise it ends at sigma_min.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 def _finish(sigmas: torch.Tensor, final_zero: bool) -> torch.Tensor:
     if final_zero:
-        sigmas = torch.cat([sigmas[:-1], sigmas.new_zeros(1)])
+        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
     return sigmas
 
 
@@ -28,7 +29,7 @@ def karras(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
            final_zero: bool = False) -> torch.Tensor:
     """Karras et al. (2022): uniform in sigma^(1/rho)."""
     _check(steps, sigma_min, sigma_max)
-    ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    ramp = torch.linspace(0, 1, steps + (not final_zero), dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return _finish((hi + ramp * (lo - hi)) ** rho, final_zero)
 
@@ -36,14 +37,14 @@ def karras(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
 def exponential(steps: int, sigma_min: float, sigma_max: float, final_zero: bool = False) -> torch.Tensor:
     """Uniform in log sigma (uniform half-log-SNR for VE models)."""
     _check(steps, sigma_min, sigma_max)
-    logs = torch.linspace(math.log(sigma_max), math.log(sigma_min), steps + 1, dtype=torch.float64)
+    logs = torch.linspace(math.log(sigma_max), math.log(sigma_min), steps + (not final_zero), dtype=torch.float64)
     return _finish(logs.exp(), final_zero)
 
 
 def uniform(steps: int, sigma_min: float, sigma_max: float, final_zero: bool = False) -> torch.Tensor:
     """Uniform in sigma itself (flow time t for flow models)."""
     _check(steps, sigma_min, sigma_max)
-    return _finish(torch.linspace(sigma_max, sigma_min, steps + 1, dtype=torch.float64), final_zero)
+    return _finish(torch.linspace(sigma_max, sigma_min, steps + (not final_zero), dtype=torch.float64), final_zero)
 
 
 def loglinear_interp(sigmas, steps: int) -> torch.Tensor:
@@ -62,3 +63,45 @@ def loglinear_interp(sigmas, steps: int) -> torch.Tensor:
     t = (dst - src[idx - 1]) / (src[idx] - src[idx - 1])
     out = logs[idx - 1] + t * (logs[idx] - logs[idx - 1])
     return out.exp().flip(0)
+
+
+def discrete_vp_sigmas(beta_start: float = 0.00085, beta_end: float = 0.012, timesteps: int = 1000) -> torch.Tensor:
+    """The ascending sigma table of a discrete VP model with a scaled-linear beta schedule.
+
+    The defaults are Stable Diffusion 1.x/2.x/XL's: sigma from 0.0292 to 14.6146.
+    """
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+
+
+def time_uniform(steps: int, sigma_table, final_zero: bool = False) -> torch.Tensor:
+    """Uniform in the model's own timestep over an ascending discrete ``sigma_table``,
+    interpolated in log sigma between table entries (ComfyUI's "simple"/"sgm_uniform" family)."""
+    table = torch.as_tensor(sigma_table, dtype=torch.float64)
+    if steps < 1 or table.ndim != 1 or len(table) < 2:
+        raise ValueError("time_uniform needs steps >= 1 and an ascending table of at least 2 sigmas")
+    if final_zero:  # ComfyUI's "simple": steps equal strides down from the top, then 0
+        position = (len(table) - 1) - (torch.arange(steps, dtype=torch.float64) * (len(table) / steps)).floor()
+    else:
+        position = torch.linspace(len(table) - 1, 0, steps + 1, dtype=torch.float64)
+    low = position.floor().long().clamp(max=len(table) - 2)
+    frac = position - low
+    logs = table.log()
+    return _finish((logs[low] + frac * (logs[low + 1] - logs[low])).exp(), final_zero)
+
+
+# Align Your Steps (Sabour, Fidler, Kreis 2024): the published 10-step grid for SD1.5-family
+# models, resampled to other step counts by log-linear interpolation as its authors describe.
+AYS_SD1 = (14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177,
+           1.3943805092, 0.9642583904, 0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582)
+
+
+def align_your_steps(steps: int, table=AYS_SD1, final_zero: bool = True) -> torch.Tensor:
+    """AYS-style grid: the published table resampled to ``steps`` model calls."""
+    values = torch.tensor(table, dtype=torch.float64)
+    if steps + 1 != len(values):
+        values = loglinear_interp(values, steps)
+    if final_zero:  # as ComfyUI's AlignYourStepsScheduler: the last table entry becomes 0
+        values = torch.cat([values[:-1], values.new_zeros(1)])
+    return values
