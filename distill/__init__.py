@@ -1,2 +1,41 @@
 """How to fit: teacher recording, losses and optimisers for the solver family in
-``learned_samplers`` (LD3 grids, D-ODE step scales, S4S coefficients)."""
+``learned_samplers`` (LD3 grids, D-ODE step scales, S4S coefficients, S4S-Alt, and ``auto``)."""
+
+from .fit import (
+    LOSSES,
+    METHODS,
+    FitCancelled,
+    FitDiverged,
+    autocast_model,
+    checkpointed_model,
+    fit_gradient,
+    fit_step_scales,
+    rmse,
+)
+from .grid import MonotoneGrid, grid_coordinate, sigmas_from_coordinate
+from .pipeline import distill, initial_grid, start_states
+from .result import FittedSteps, LearnedSolver
+from .teacher import TeacherRecord, record_teacher, teacher_grid
+
+__all__ = [
+    "LOSSES",
+    "METHODS",
+    "FitCancelled",
+    "FitDiverged",
+    "FittedSteps",
+    "LearnedSolver",
+    "MonotoneGrid",
+    "TeacherRecord",
+    "autocast_model",
+    "checkpointed_model",
+    "distill",
+    "fit_gradient",
+    "fit_step_scales",
+    "grid_coordinate",
+    "initial_grid",
+    "record_teacher",
+    "rmse",
+    "sigmas_from_coordinate",
+    "start_states",
+    "teacher_grid",
+]

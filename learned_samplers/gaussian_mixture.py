@@ -8,6 +8,10 @@ convention) the posterior mean is closed-form:
 
 so the probability-flow ODE has a computable ground truth; for one component it is solved in
 closed form by :func:`single_gaussian_ode_solution`.
+
+The mixture may live in the orthonormal 2-D DCT basis of the last two axes (``basis="dct"``):
+white noise stays white there, so the posterior is still diagonal, and a power-law variance over
+spatial frequency gives samples with an image-like 1/f spectrum and uniform per-pixel variance.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ class GaussianMixtureDenoiser:
 
     sigma_convention = "ve"
 
-    def __init__(self, means, variances, weights=None, shape=None):
+    def __init__(self, means, variances, weights=None, shape=None, basis=None):
         means = torch.as_tensor(means)
         variances = torch.as_tensor(variances, dtype=means.dtype, device=means.device)
         if means.ndim != 2 or variances.shape != means.shape:
@@ -43,35 +47,57 @@ class GaussianMixtureDenoiser:
         self.shape = tuple(shape) if shape is not None else (means.shape[1],)
         if math.prod(self.shape) != means.shape[1]:
             raise ValueError(f"shape {self.shape} does not hold {means.shape[1]} dimensions")
+        if basis not in (None, "dct"):
+            raise ValueError("basis must be None (pixels) or 'dct'")
+        if basis == "dct" and len(self.shape) < 2:
+            raise ValueError("the DCT basis needs a shape with at least two spatial axes")
+        self.basis = basis
         self.means = means
         self.variances = variances
         self.log_weights = torch.log(weights / weights.sum())
 
-    @classmethod
-    def power_law(cls, shape=(4, 32, 32), components: int = 8, exponent: float = 1.0,
-                  mean_scale: float = 0.5, seed: int = 0, dtype=torch.float32, device="cpu"):
-        """A mixture whose per-component variances follow a power law over dimensions.
+    def _to_basis(self, x, inverse=False):
+        """Pixels -> DCT coefficients over the last two axes (or back); identity without a basis."""
+        if self.basis is None:
+            return x
+        rows, cols = _dct_matrix(x.shape[-2], x), _dct_matrix(x.shape[-1], x)
+        if inverse:
+            return rows.T @ x @ cols
+        return rows @ x @ cols.T
 
-        Component k has variances ``c_k * (1 + rank)^-exponent`` over a random ordering of the
-        dimensions (so components differ in which dimensions carry signal), normalised so the
-        average total variance per dimension is about 1, like a scaled SD latent.
+    @classmethod
+    def power_law(cls, shape=(4, 32, 32), components: int = 8, exponent: float = 2.0,
+                  class_share: float = 0.5, seed: int = 0, dtype=torch.float32, device="cpu"):
+        """An image-like mixture in the DCT basis: a power-law spectrum over spatial frequency.
+
+        The total variance at spatial frequency f (cycles per image, radial) is proportional to
+        ``(1 + f)^-exponent``, normalised to an average of 1 per value like a scaled SD latent.
+        A share of it, ``class_share * (1 + f)^-2``, separates the components (their means
+        differ in coarse structure, as classes of images do); the rest is within-component
+        variance, scaled per component by a factor in [0.75, 1.25].
         """
+        if len(shape) < 2:
+            raise ValueError("power_law needs a shape with two spatial axes, e.g. (4, 32, 32)")
         gen = torch.Generator().manual_seed(seed)
-        dims = math.prod(shape)
-        spectrum = (1.0 + torch.arange(dims, dtype=torch.float64)) ** -exponent
-        spectrum = spectrum / spectrum.mean() * (1.0 - mean_scale ** 2)
-        variances = torch.stack([
-            spectrum[torch.randperm(dims, generator=gen)] * (0.5 + torch.rand((), generator=gen, dtype=torch.float64))
-            for _ in range(components)
-        ])
-        means = mean_scale * torch.randn(components, dims, generator=gen, dtype=torch.float64)
+        fy = torch.arange(shape[-2], dtype=torch.float64)[:, None]
+        fx = torch.arange(shape[-1], dtype=torch.float64)[None, :]
+        radius = ((fy * fy + fx * fx).sqrt() / 2).expand(*shape)  # DCT index k is k/2 cycles
+        spectrum = (1.0 + radius) ** -exponent
+        spectrum = (spectrum / spectrum.mean()).reshape(-1)
+        between = class_share * (1.0 + radius.reshape(-1)) ** -2
+        dims = spectrum.numel()
+        means = (spectrum * between).sqrt() * torch.randn(components, dims, generator=gen, dtype=torch.float64)
+        scale = 0.75 + 0.5 * torch.rand(components, 1, generator=gen, dtype=torch.float64)
+        variances = spectrum * (1.0 - between) * scale
         weights = 0.5 + torch.rand(components, generator=gen, dtype=torch.float64)
-        return cls(means.to(device, dtype), variances.to(device, dtype), weights.to(device, dtype), shape)
+        return cls(means.to(device, dtype), variances.to(device, dtype), weights.to(device, dtype), shape,
+                   basis="dct")
 
     def to(self, device=None, dtype=None):
         """A copy on another device and/or dtype."""
         moved = GaussianMixtureDenoiser.__new__(GaussianMixtureDenoiser)
         moved.shape = self.shape
+        moved.basis = self.basis
         moved.means = self.means.to(device=device, dtype=dtype)
         moved.variances = self.variances.to(device=device, dtype=dtype)
         moved.log_weights = self.log_weights.to(device=device, dtype=dtype)
@@ -79,7 +105,7 @@ class GaussianMixtureDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
         batch = x.shape[0]
-        flat = x.reshape(batch, 1, -1)
+        flat = self._to_basis(x.reshape(batch, *self.shape)).reshape(batch, 1, -1)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
         noise_var = (sigma * sigma).expand(batch).reshape(batch, 1, 1)
         means = self.means.to(x.dtype)
@@ -89,7 +115,8 @@ class GaussianMixtureDenoiser:
         log_p = self.log_weights.to(x.dtype) - 0.5 * (diff * diff / total + torch.log(total)).sum(-1)
         resp = torch.softmax(log_p, dim=1).unsqueeze(-1)  # [B, K, 1]
         posterior = means.unsqueeze(0) + variances.unsqueeze(0) / total * diff
-        return (resp * posterior).sum(1).reshape(x.shape)
+        denoised = (resp * posterior).sum(1).reshape(batch, *self.shape)
+        return self._to_basis(denoised, inverse=True).reshape(x.shape)
 
     def sample(self, count: int, generator=None) -> torch.Tensor:
         """``count`` exact data samples x0 [count, *shape]."""
@@ -97,7 +124,16 @@ class GaussianMixtureDenoiser:
         which = torch.multinomial(probs, count, replacement=True, generator=generator)
         noise = torch.randn(count, self.means.shape[1], generator=generator, dtype=torch.float64)
         x0 = self.means.cpu().double()[which] + self.variances.cpu().double()[which].sqrt() * noise
-        return x0.to(self.means.device, self.means.dtype).reshape(count, *self.shape)
+        x0 = self._to_basis(x0.reshape(count, *self.shape), inverse=True)
+        return x0.to(self.means.device, self.means.dtype)
+
+
+def _dct_matrix(size: int, like: torch.Tensor) -> torch.Tensor:
+    """The orthonormal DCT-II matrix [size, size] in ``like``'s dtype and device."""
+    n = torch.arange(size, dtype=torch.float64)
+    matrix = torch.cos(math.pi * (n[None, :] + 0.5) * n[:, None] / size) * math.sqrt(2.0 / size)
+    matrix[0] /= math.sqrt(2.0)
+    return matrix.to(device=like.device, dtype=like.dtype)
 
 
 def single_gaussian_ode_solution(x_start, sigma_start, sigma_end, mean, variance):

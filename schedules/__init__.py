@@ -1,5 +1,23 @@
 """Schedules: classical sigma grids, and (with the file format) presets and sharing."""
 
-from .grids import exponential, karras, loglinear_interp, uniform
+from .grids import (
+    AYS_SD1,
+    align_your_steps,
+    discrete_vp_sigmas,
+    exponential,
+    karras,
+    loglinear_interp,
+    time_uniform,
+    uniform,
+)
 
-__all__ = ["exponential", "karras", "loglinear_interp", "uniform"]
+__all__ = [
+    "AYS_SD1",
+    "align_your_steps",
+    "discrete_vp_sigmas",
+    "exponential",
+    "karras",
+    "loglinear_interp",
+    "time_uniform",
+    "uniform",
+]

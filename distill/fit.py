@@ -1,0 +1,303 @@
+"""Fitting the solver family to a teacher: D-ODE, LD3, S4S, S4S-Alt and the default pipeline.
+
+Each method is a subset of ``sample_learned``'s options:
+
+* ``dode``: ``step_scales`` by closed-form least squares, step by step against the teacher's
+  states on the same grid (no backpropagation);
+* ``ld3``: the grid (``MonotoneGrid``) and decoupled ``eval_offsets``, by backpropagation
+  through the unrolled student against the teacher's result, with LD3's soft slack on the
+  start noise;
+* ``s4s``: ``d_corrections`` (and ``corrector_corrections`` when the corrector is on) on the
+  fixed grid;
+* ``s4s_alt``: rounds alternating the coefficient and the grid blocks;
+* ``auto``: ``dode`` first (seconds), then everything jointly by gradient, keeping whichever
+  of base / dode / gradient does best on the validation samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..learned_samplers import half_log_snr, sample_learned
+from .grid import MonotoneGrid, grid_coordinate
+from .result import FittedSteps
+
+METHODS = ("auto", "dode", "ld3", "s4s", "s4s_alt")
+LOSSES = ("l2", "l1", "mse")
+
+
+class FitCancelled(Exception):
+    """The fit was cancelled by its cancel check; nothing was produced."""
+
+
+class FitDiverged(RuntimeError):
+    """Non-finite losses or gradients did not go away after repeated learning-rate back-offs."""
+
+
+def autocast_model(model, dtype):
+    """``model`` with its calls under autocast to ``dtype`` (None: unchanged); outputs in x's dtype."""
+    if dtype is None:
+        return model
+
+    def call(x, sigma, **kwargs):
+        with torch.autocast(device_type=x.device.type, dtype=dtype):
+            out = model(x, sigma, **kwargs)
+        return out.to(x.dtype)
+
+    return call
+
+
+def checkpointed_model(model):
+    """``model`` with each call recomputed in backward instead of storing its activations."""
+
+    def call(x, sigma, **kwargs):
+        return checkpoint(model, x, sigma, use_reentrant=False, **kwargs)
+
+    return call
+
+
+# ---------------------------------------------------------------------------------------------
+# D-ODE: closed form, one scalar per step.
+
+def fit_step_scales(model, teacher, sigmas, indices, *, base, convention, corrector=False,
+                    extra_args=None, max_scale: float = 1.0):
+    """Per-step D-ODE scales [N] by least squares against the teacher's states, greedily.
+
+    At step i the student's next state is ``x_base + d_i * direction_i`` (linear in d_i), so
+    d_i = <direction, target - x_base> / <direction, direction> over every value of every
+    training sample, clamped to +-max_scale; the student then continues from the corrected
+    state. ``indices``: the training samples of ``teacher``.
+    """
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    targets = [teacher.state_at(float(s))[indices] for s in sigmas[1:]]
+    scales = torch.zeros(len(sigmas) - 1, dtype=torch.float64)
+
+    def solve(i, x_next, direction):
+        target = targets[i].to(x_next)
+        residual = (target - x_next).double()
+        g = direction.double()
+        denominator = (g * g).sum()
+        if denominator > 0:
+            scales[i] = ((g * residual).sum() / denominator).clamp(-max_scale, max_scale)
+        return x_next + scales[i].to(x_next.dtype) * direction
+
+    start = teacher.start[indices]
+    with torch.no_grad():
+        sample_learned(model, start, sigmas.to(start.dtype), extra_args, None, True, base=base,
+                       convention=convention, corrector=corrector, step_hook=solve)
+    return scales
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient fitting.
+
+class StudentParameters(torch.nn.Module):
+    """The learnable options of one NFE: grid, decoupled offsets, coefficient corrections."""
+
+    def __init__(self, init: FittedSteps, convention: str, history: int, corrector: bool):
+        super().__init__()
+        steps = init.nfe
+        self.grid = MonotoneGrid(init.sigmas, convention)
+        self.convention = convention
+        self.offset_raw = torch.nn.Parameter(torch.zeros(steps, dtype=torch.float64))
+        d_init = torch.zeros(steps, history, dtype=torch.float64)
+        if init.d_corrections is not None:
+            k = min(history, init.d_corrections.shape[1])
+            d_init[:, :k] = init.d_corrections[:, :k]
+        self.d_corrections = torch.nn.Parameter(d_init)
+        s_init = init.step_scales if init.step_scales is not None else torch.zeros(steps, dtype=torch.float64)
+        self.step_scales = torch.nn.Parameter(s_init.clone().double())
+        self.corrector_corrections = torch.nn.Parameter(torch.zeros(steps, dtype=torch.float64)) if corrector else None
+        if init.eval_offsets is not None:
+            raise ValueError("refitting from decoupled offsets is not supported; start from a plain grid")
+
+    def eval_offsets(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """Offsets in half-log-SNR, at most half the neighbouring gaps, none at sigma_max and
+        none below the last positive sigma (the model's range is never left)."""
+        positive = sigmas[:-1] if self.grid.final_zero else sigmas
+        lam = half_log_snr(positive.detach(), self.convention)
+        gaps = lam[1:] - lam[:-1]
+        steps = len(self.offset_raw)
+        bound = torch.zeros(steps, dtype=torch.float64)
+        for i in range(1, min(steps, len(lam))):
+            right = gaps[i] if i < len(gaps) else gaps[i - 1]
+            bound[i] = 0.5 * torch.minimum(gaps[i - 1], right)
+        offsets = bound * torch.tanh(self.offset_raw)
+        last = len(lam) - 1
+        if last < steps:  # the last positive sigma may only be evaluated at a larger sigma
+            offsets = torch.cat([offsets[:last], offsets[last:last + 1].clamp(max=0), offsets[last + 1:]])
+        return offsets
+
+    def options(self, learn: set) -> tuple:
+        sigmas = self.grid() if "grid" in learn else self.grid().detach()
+        options = {}
+        if "offsets" in learn:
+            options["eval_offsets"] = self.eval_offsets(sigmas)
+        if "coefficients" in learn:
+            options["d_corrections"] = self.d_corrections
+            if self.corrector_corrections is not None:
+                options["corrector_corrections"] = self.corrector_corrections
+        if "step_scales" in learn:
+            options["step_scales"] = self.step_scales
+        return sigmas, options
+
+    def snapshot(self, learn: set, method: str, convention: str, sigma_range) -> FittedSteps:
+        with torch.no_grad():
+            sigmas, options = self.options(learn)
+            options = {k: v.detach().clone() for k, v in options.items()}
+        return FittedSteps(sigmas=sigmas.detach().clone(),
+                           coordinate=grid_coordinate(sigmas.detach(), sigma_range, convention),
+                           method=method, **options)
+
+
+def _loss(out, target, kind):
+    """l2: mean over samples of each sample's RMS distance (a distance, not its square, so a
+    sample the student cannot follow does not drown the others); l1: mean absolute error;
+    mse: mean squared error."""
+    diff = (out - target).flatten(1)
+    if kind == "l1":
+        return diff.abs().mean()
+    if kind == "mse":
+        return diff.pow(2).mean()
+    return diff.pow(2).mean(1).add(1e-12).sqrt().mean()
+
+
+def rmse(model, teacher, indices, fit: FittedSteps, *, base, convention, corrector, extra_args=None,
+         batch_size=64, device=None, dtype=None):
+    """RMSE [float] of the solver ``fit`` to the teacher's results on samples ``indices``."""
+    total, count = 0.0, 0
+    device = device or teacher.start.device
+    options = fit.options()
+    with torch.no_grad():
+        for first in range(0, len(indices), batch_size):
+            chunk = indices[first:first + batch_size]
+            start = teacher.start[chunk].to(device=device, dtype=dtype or teacher.start.dtype)
+            out = sample_learned(model, start, fit.sigmas.to(start.dtype), extra_args, None, True, base=base,
+                                 convention=convention, corrector=corrector, **options)
+            total += (out.double().cpu() - teacher.final[chunk].double()).pow(2).sum().item()
+            count += out.numel()
+    return math.sqrt(total / count)
+
+
+def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validation, *, base, convention,
+                 corrector, sigma_range, method, iterations=200, batch_size=8, lr=None, loss="l2",
+                 slack=0.001, history=3, eval_every=10, seed=0, extra_args=None, device=None,
+                 use_checkpoint=False, max_rejections=10, progress=None, cancel=None,
+                 params: StudentParameters | None = None, step_offset=0, total_steps=None):
+    """Backpropagate through the unrolled student; returns (best FittedSteps, params, log).
+
+    learn: a subset of {"grid", "offsets", "coefficients", "step_scales"}. The best snapshot by
+    validation RMSE is returned (the initial state counts, so the fit never ends worse on the
+    validation samples than it started). slack: LD3's soft-slack radius factor: each training
+    sample's start noise may move inside a ball of radius slack * d / N^2 (d = values per sample,
+    in units of the unit noise) to where the student follows the teacher best; 0 turns it off.
+    """
+    lr = {"grid": 0.02, "offsets": 0.02, "coefficients": 0.01, "step_scales": 0.01, **(lr or {})}
+    device = device or teacher.start.device
+    params = params or StudentParameters(init, convention, history, corrector)
+    groups = []
+    if "grid" in learn:
+        groups.append({"params": [params.grid.logits], "lr": lr["grid"]})
+    if "offsets" in learn:
+        groups.append({"params": [params.offset_raw], "lr": lr["offsets"]})
+    if "coefficients" in learn:
+        coefficient_params = [params.d_corrections]
+        if params.corrector_corrections is not None:
+            coefficient_params.append(params.corrector_corrections)
+        groups.append({"params": coefficient_params, "lr": lr["coefficients"]})
+    if "step_scales" in learn:
+        groups.append({"params": [params.step_scales], "lr": lr["step_scales"]})
+    optimizer = torch.optim.Adam(groups)
+    call = checkpointed_model(model) if use_checkpoint else model
+    gen = torch.Generator().manual_seed(seed)
+    steps = init.nfe
+    values = teacher.start[0].numel()
+    radius = slack * values / steps ** 2 if slack else 0.0
+    unit = _noise_unit(teacher, convention)
+    offsets = torch.zeros((len(train),) + tuple(teacher.start.shape[1:]))
+    total_steps = total_steps or iterations
+
+    def validate():
+        snap = params.snapshot(learn, method, convention, sigma_range)
+        return snap, rmse(model, teacher, validation, snap, base=base, convention=convention,
+                          corrector=corrector, extra_args=extra_args, device=device)
+
+    best, best_rmse = validate()
+    log = {"losses": [], "validation": [(step_offset, best_rmse)], "rejected": 0}
+    last_good = copy.deepcopy(params.state_dict())
+    rejected_in_a_row = 0
+    for iteration in range(iterations):
+        if cancel is not None and cancel():
+            raise FitCancelled("the fit was cancelled")
+        pick = torch.randperm(len(train), generator=gen)[:batch_size]
+        chunk = train[pick]
+        start = teacher.start[chunk].to(device)
+        target = teacher.final[chunk].to(device)
+        delta = offsets[pick].to(device).requires_grad_(radius > 0)
+        sigmas, options = params.options(learn)
+        out = sample_learned(call, start + unit * delta, sigmas.to(start.dtype), extra_args, None, True,
+                             base=base, convention=convention, corrector=corrector, **options)
+        value = _loss(out, target.to(out.dtype), loss)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        grads = [p.grad for group in groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.isfinite(value)) and all(bool(torch.isfinite(g).all()) for g in grads)
+        if not finite:
+            log["rejected"] += 1
+            rejected_in_a_row += 1
+            params.load_state_dict(last_good)
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+            if rejected_in_a_row >= max_rejections:
+                raise FitDiverged(
+                    f"{rejected_in_a_row} steps in a row gave a non-finite loss or gradient, even after "
+                    f"halving the learning rate each time; check that the model returns finite values "
+                    f"at these sigmas, lower the learning rate, or use the 'dode' method")
+            continue
+        rejected_in_a_row = 0
+        torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], 1.0)
+        optimizer.step()
+        last_good = copy.deepcopy(params.state_dict())
+        if radius > 0 and delta.grad is not None:
+            with torch.no_grad():
+                g = delta.grad.flatten(1)
+                step = radius * g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)
+                moved = (delta.detach().flatten(1) - step)
+                moved = moved * (radius / moved.norm(dim=1, keepdim=True).clamp(min=radius))
+                offsets[pick] = moved.reshape(delta.shape).to(offsets)
+        log["losses"].append(float(value.detach()))
+        if (iteration + 1) % eval_every == 0 or iteration + 1 == iterations:
+            snap, score = validate()
+            log["validation"].append((step_offset + iteration + 1, score))
+            if score < best_rmse:
+                best, best_rmse = snap, score
+        if progress is not None:
+            progress(step_offset + iteration + 1, total_steps, float(value.detach()), log["validation"][-1][1])
+    return best, best_rmse, params, log
+
+
+def _noise_unit(teacher, convention):
+    """Host units of one unit of start noise (the soft-slack ball is measured in unit noise)."""
+    if convention == "flow":
+        return 1.0
+    return math.sqrt(1.0 + float(teacher.sigmas[0]) ** 2)
+
+
+__all__ = [
+    "FitCancelled",
+    "FitDiverged",
+    "LOSSES",
+    "METHODS",
+    "StudentParameters",
+    "autocast_model",
+    "checkpointed_model",
+    "fit_gradient",
+    "fit_step_scales",
+    "rmse",
+]
+
+

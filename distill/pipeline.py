@@ -1,0 +1,189 @@
+"""``distill``: record a teacher once, then fit one solver per NFE with the chosen method."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .. import __version__
+from ..learned_samplers import BASE_SOLVERS, HISTORY, resolve_convention
+from ..schedules import exponential, karras, uniform
+from .fit import (
+    LOSSES,
+    METHODS,
+    StudentParameters,
+    autocast_model,
+    fit_gradient,
+    fit_step_scales,
+    rmse,
+)
+from .grid import grid_coordinate
+from .result import FittedSteps, LearnedSolver
+from .teacher import record_teacher, teacher_grid
+
+GRID_NAMES = ("karras", "exponential", "uniform")
+
+
+def initial_grid(init, nfe: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """The starting grid [nfe+1] ending in 0: a classical name, a callable nfe -> sigmas, or a dict."""
+    if callable(init):
+        sigmas = init(nfe)
+    elif isinstance(init, dict):
+        sigmas = init[nfe]
+    elif init == "karras":
+        sigmas = karras(nfe, sigma_min, sigma_max, final_zero=True)
+    elif init == "exponential":
+        sigmas = exponential(nfe, sigma_min, sigma_max, final_zero=True)
+    elif init == "uniform":
+        sigmas = uniform(nfe, sigma_min, sigma_max, final_zero=True)
+    else:
+        raise ValueError(f"unknown initial grid {init!r}; use one of {GRID_NAMES}, a dict or a callable")
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    if len(sigmas) != nfe + 1:
+        raise ValueError(f"the initial grid for NFE {nfe} has {len(sigmas)} sigmas; it needs {nfe + 1}")
+    return sigmas
+
+
+def start_states(shape, count: int, sigma_max: float, convention: str, seed: int, device="cpu",
+                 dtype=torch.float32) -> torch.Tensor:
+    """Seeded start states [count, *shape] as ComfyUI scales full-denoise noise:
+    sqrt(1 + sigma_max^2) * eps for VE models, eps for flow models (t = 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((count,) + tuple(shape), generator=gen, dtype=torch.float64)
+    scale = 1.0 if convention == "flow" else math.sqrt(1.0 + sigma_max ** 2)
+    return (scale * noise).to(device=device, dtype=dtype)
+
+
+def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), method: str = "auto",
+            base: str = "dpmpp_2m", convention: str = "auto", init_sigmas="karras", samples: int = 48,
+            validation: int = 16, seed: int = 0, teacher_base: str = "dpmpp_3m", teacher_steps: int = 48,
+            iterations: int = 300, batch_size: int = 8, lr: dict | None = None, loss: str = "l2",
+            slack: float = 0.001, decoupled: bool = True, history: int = 3, rounds: int = 3,
+            use_checkpoint="auto", dtype=None, extra_args=None, device="cpu", start=None,
+            progress=None, cancel=None) -> LearnedSolver:
+    """Fit a few-step solver to ``model`` (a k-diffusion denoiser ``model(x, sigma, **extra_args)``).
+
+    shape: one sample's shape, e.g. (4, 64, 64). sigma_min, sigma_max: the model's range (host
+    units); grids start at sigma_max and their last positive sigma is kept. nfe: one or more
+    step counts served by one teacher run. method: one of METHODS. samples / validation:
+    training and validation start noises (validation picks the best snapshot and is the held-out
+    error reported). start: explicit start states [samples + validation, *shape] instead of
+    seeded noise. use_checkpoint: recompute each model call in backward ("auto": when the model
+    has parameters or runs on a GPU). dtype: autocast dtype for model calls.
+    progress(step, total, loss, held_out) after every iteration; cancel() before every
+    iteration and teacher batch: True (or an exception it raises) stops the fit.
+    """
+    nfes = sorted({int(n) for n in ([nfe] if isinstance(nfe, int) else nfe)})
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if base not in BASE_SOLVERS or teacher_base not in BASE_SOLVERS:
+        raise ValueError(f"base and teacher_base must be among {', '.join(BASE_SOLVERS)}")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if not nfes or nfes[0] < 2:
+        raise ValueError(f"NFE must be at least 2 for a learned solver; got {nfes}")
+    if samples < 1 or validation < 1:
+        raise ValueError("need at least one training and one validation sample")
+    if not 1 <= history <= HISTORY:
+        raise ValueError(f"history must be between 1 and {HISTORY}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max; got {sigma_min} and {sigma_max}")
+    convention = resolve_convention(model, convention)
+    if use_checkpoint == "auto":
+        has_weights = isinstance(model, torch.nn.Module) and any(True for _ in model.parameters())
+        use_checkpoint = has_weights or torch.device(device).type != "cpu"
+    began = time.perf_counter()
+    call = autocast_model(model, dtype)
+    grids = {n: initial_grid(init_sigmas, n, sigma_min, sigma_max) for n in nfes}
+    if start is None:
+        start = start_states(shape, samples + validation, sigma_max, convention, seed, device)
+    elif start.shape[0] != samples + validation:
+        raise ValueError(f"start has {start.shape[0]} samples; it must hold samples + validation = "
+                         f"{samples + validation}")
+    corrector = base.startswith("unipc")
+    needs_states = method in ("auto", "dode")
+    t_grid = teacher_grid(list(grids.values()), teacher_steps, convention)
+    keep = sorted({float(s) for g in grids.values() for s in g[1:]}) if needs_states else []
+    per_nfe = iterations * (1 if method != "s4s_alt" else 1)
+    total = per_nfe * len(nfes) if method not in ("dode",) else len(nfes)
+    teacher = record_teacher(call, start, t_grid, keep, base=teacher_base, convention=convention,
+                             extra_args=extra_args, cancel=cancel)
+    if not torch.isfinite(teacher.final).all():
+        raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
+                                 "(and its dtype), or lower the CFG scale")
+    order = torch.arange(samples + validation)
+    train, held = order[:samples], order[samples:]
+    sigma_range = (float(sigma_min), float(sigma_max))
+    shared = dict(base=base, convention=convention, corrector=corrector, extra_args=extra_args, device=device)
+    fits = {}
+    for index, n in enumerate(nfes):
+        fit_began = time.perf_counter()
+        plain = FittedSteps(sigmas=grids[n], coordinate=grid_coordinate(grids[n], sigma_range, convention))
+        base_rmse = rmse(call, teacher, held, plain, **shared)
+        candidates = [(base_rmse, plain)]
+        log = {"losses": [], "validation": [], "rejected": 0}
+        if method in ("auto", "dode"):
+            scales = fit_step_scales(call, teacher, grids[n], train, base=base, convention=convention,
+                                     corrector=corrector, extra_args=extra_args)
+            cheap = FittedSteps(sigmas=grids[n], coordinate=plain.coordinate, step_scales=scales, method="dode")
+            candidates.append((rmse(call, teacher, held, cheap, **shared), cheap))
+            if progress is not None and method == "dode":
+                progress(index + 1, total, float("nan"), candidates[-1][0])
+        gradient = dict(base=base, convention=convention, corrector=corrector, sigma_range=sigma_range,
+                        batch_size=batch_size, lr=lr, loss=loss, slack=slack, history=history, seed=seed + n,
+                        extra_args=extra_args, device=device, use_checkpoint=use_checkpoint,
+                        progress=progress, cancel=cancel, total_steps=total)
+        offsets = {"offsets"} if decoupled else set()
+        if method == "auto":
+            init = min(candidates, key=lambda c: c[0])[1]
+            learn = {"grid", "coefficients", "step_scales"} | offsets
+            best, score, _, log = fit_gradient(call, teacher, init, learn, train, held, method="auto",
+                                               iterations=iterations, step_offset=index * per_nfe, **gradient)
+            candidates.append((score, best))
+        elif method in ("ld3", "s4s"):
+            learn = ({"grid"} | offsets) if method == "ld3" else {"coefficients"}
+            best, score, _, log = fit_gradient(call, teacher, plain, learn, train, held, method=method,
+                                               iterations=iterations, step_offset=index * per_nfe, **gradient)
+            candidates.append((score, best))
+        elif method == "s4s_alt":
+            params = StudentParameters(plain, convention, history, corrector)
+            blocks = [{"coefficients"}, {"grid"} | offsets]
+            done, learned = 0, set()
+            chunk = max(1, iterations // (2 * rounds))
+            for round_index in range(2 * rounds):
+                block = blocks[round_index % 2]
+                learned |= block
+                length = chunk if round_index < 2 * rounds - 1 else iterations - done
+                _, _, params, part = fit_gradient(call, teacher, plain, block, train, held, method="s4s_alt",
+                                                  iterations=length, params=params,
+                                                  step_offset=index * per_nfe + done, **gradient)
+                done += length
+                log["losses"] += part["losses"]
+                log["validation"] += part["validation"]
+                log["rejected"] += part["rejected"]
+            final = params.snapshot(learned, "s4s_alt", convention, sigma_range)
+            candidates.append((rmse(call, teacher, held, final, **shared), final))
+        score, chosen = min(candidates, key=lambda c: c[0])
+        chosen.held_out_rmse = score
+        chosen.base_held_out_rmse = base_rmse
+        chosen.fit_seconds = time.perf_counter() - fit_began
+        chosen.losses = log["losses"]
+        chosen.validation = log["validation"]
+        chosen.rejected_steps = log["rejected"]
+        fits[n] = chosen
+    provenance = {
+        "teacher": {"base": teacher_base, "steps": len(t_grid) - 1, "seconds": round(teacher.seconds, 3)},
+        "samples": samples,
+        "validation": validation,
+        "seed": seed,
+        "iterations": iterations,
+        "loss": loss,
+        "slack": slack,
+        "shape": list(shape),
+        "seconds": round(time.perf_counter() - began, 3),
+        "package_version": __version__,
+    }
+    return LearnedSolver(base=base, convention=convention, corrector=corrector, method=method,
+                         sigma_range=sigma_range, fits=fits, provenance=provenance)

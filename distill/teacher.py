@@ -1,0 +1,161 @@
+"""Teacher recording: one accurate run over a batch of noises, kept at the sigmas the fit needs.
+
+The teacher grid contains every grid point the students will be compared at (the union of
+their base grids), with extra points spread uniformly in half-log-SNR in between, so one run
+serves several NFEs and gives D-ODE its per-step targets exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..learned_samplers import half_log_snr, resolve_convention, sample_learned, sigma_from_half_log_snr
+
+# Sigmas closer than this (relative) are the same grid point.
+SAME_SIGMA = 1e-9
+
+
+@dataclass
+class TeacherRecord:
+    """What one teacher run leaves behind; tensors live on the CPU.
+
+    start: [M, ...] initial states x at sigmas[0] (noise-scaled); final: [M, ...] the teacher's
+    result; kept_sigmas: [K] host sigmas where ``states`` [K, M, ...] were recorded;
+    sigmas: [T+1] the teacher's own grid.
+    """
+
+    start: torch.Tensor
+    final: torch.Tensor
+    sigmas: torch.Tensor
+    kept_sigmas: torch.Tensor
+    states: torch.Tensor
+    base: str
+    convention: str
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+    def state_at(self, sigma: float) -> torch.Tensor:
+        """The recorded teacher states [M, ...] at host sigma ``sigma`` (0: the final result)."""
+        if sigma == 0:
+            return self.final
+        gaps = (self.kept_sigmas - sigma).abs() / max(abs(sigma), 1e-30)
+        index = int(gaps.argmin())
+        if gaps[index] > 1e-6:
+            raise KeyError(f"the teacher kept no state at sigma={sigma:g}; record it with keep=[...]")
+        return self.states[index]
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= SAME_SIGMA * max(abs(a), abs(b))
+
+
+def teacher_grid(student_grids, steps: int, convention: str) -> torch.Tensor:
+    """A grid of about ``steps`` model calls that contains every point of ``student_grids``.
+
+    All student grids must share their first sigma and, if any ends at 0, end at 0. Extra points
+    go into each interval in proportion to its half-log-SNR length (at least one per interval).
+    """
+    grids = [torch.as_tensor(g, dtype=torch.float64) for g in student_grids]
+    if not grids:
+        raise ValueError("teacher_grid needs at least one student grid")
+    top = float(grids[0][0])
+    if any(not _same(float(g[0]), top) for g in grids):
+        raise ValueError("student grids must start at the same sigma to share a teacher")
+    final_zero = any(float(g[-1]) == 0 for g in grids)
+    points = sorted({float(v) for g in grids for v in g if float(v) > 0}, reverse=True)
+    merged = [points[0]]
+    for value in points[1:]:
+        if not _same(value, merged[-1]):
+            merged.append(value)
+    positive = torch.tensor(merged, dtype=torch.float64)
+    intervals = len(positive) - 1
+    budget = steps - (1 if final_zero else 0)
+    if intervals > 0:
+        lam = half_log_snr(positive, convention)
+        lengths = lam[1:] - lam[:-1]
+        share = lengths / lengths.sum() * max(budget, intervals)
+        counts = share.round().clamp(min=1).long()
+        pieces = []
+        for i in range(intervals):
+            fractions = torch.arange(int(counts[i]), dtype=torch.float64) / int(counts[i])
+            pieces.append(lam[i] + fractions * lengths[i])
+        lam_grid = torch.cat(pieces + [lam[-1:]])
+        grid = sigma_from_half_log_snr(lam_grid, convention)
+        # keep the student points bit-exact (the round trip through lambda moves them slightly)
+        for value in merged:
+            grid[(grid - value).abs().argmin()] = value
+    else:
+        grid = positive
+    if final_zero:
+        grid = torch.cat([grid, grid.new_zeros(1)])
+    return grid
+
+
+def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "dpmpp_3m",
+                   convention: str = "auto", extra_args=None, batch_size: int | None = None,
+                   max_state_bytes: int | None = 2 ** 31, dtype=None, progress=None,
+                   cancel=None) -> TeacherRecord:
+    """Run the teacher solver from ``start`` [M, ...] over ``sigmas`` and keep states at ``keep``.
+
+    batch_size: samples per solver run (all at once by default). max_state_bytes: refuse to keep
+    more than this many bytes of states (the states live on the CPU). dtype: autocast dtype for
+    model calls (None: the model's own). progress(done, total) after each batch; cancel() before
+    each batch, stopping the run when it returns True or raises.
+    """
+    from .fit import FitCancelled, autocast_model
+
+    convention = resolve_convention(model, convention)
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    keep = [float(s) for s in keep if float(s) > 0]
+    keep_idx = []
+    for value in keep:
+        gaps = (sigmas - value).abs() / value
+        index = int(gaps.argmin())
+        if gaps[index] > 1e-6:
+            raise ValueError(f"sigma {value:g} is not on the teacher grid; build it with teacher_grid()")
+        keep_idx.append(index)
+    keep_idx = sorted(set(keep_idx))
+    count = start.shape[0]
+    state_bytes = len(keep_idx) * start.numel() * 4
+    if max_state_bytes is not None and state_bytes > max_state_bytes:
+        raise MemoryError(
+            f"keeping {len(keep_idx)} teacher states of {count} samples needs {state_bytes / 2**30:.1f} GiB; "
+            f"use fewer samples or fewer NFEs per run, or raise max_state_bytes"
+        )
+    batch_size = batch_size or count
+    states = torch.empty((len(keep_idx),) + tuple(start.shape), dtype=torch.float32)
+    finals = []
+    call = autocast_model(model, dtype)
+    began = time.perf_counter()
+    grid = sigmas.to(device=start.device, dtype=start.dtype)
+    for first in range(0, count, batch_size):
+        if cancel is not None and cancel():
+            raise FitCancelled("teacher recording was cancelled")
+        chunk = slice(first, min(first + batch_size, count))
+        where = {index: slot for slot, index in enumerate(keep_idx)}
+
+        def capture(info, chunk=chunk, where=where):
+            slot = where.get(info["i"])
+            if slot is not None:
+                states[slot, chunk] = info["x"].detach().float().cpu()
+
+        with torch.no_grad():
+            out = sample_learned(call, start[chunk], grid, extra_args, capture, True, base=base,
+                                 convention=convention)
+        finals.append(out.detach().float().cpu())
+        if progress is not None:
+            progress(chunk.stop, count)
+    return TeacherRecord(
+        start=start.detach().float().cpu(),
+        final=torch.cat(finals),
+        sigmas=sigmas,
+        kept_sigmas=sigmas[keep_idx],
+        states=states,
+        base=base,
+        convention=convention,
+        seconds=time.perf_counter() - began,
+        settings={"base": base, "steps": len(sigmas) - 1},
+    )
