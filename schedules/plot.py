@@ -1,0 +1,104 @@
+"""Pictures of schedules and samples, drawn with Pillow (no plotting library needed).
+
+``plot_grids`` draws sigma against step on a log axis for several grids; ``sample_sheet`` lays
+image tensors out in a labelled grid. Both return ``PIL.Image.Image`` objects.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+COLOURS = [(220, 60, 50), (40, 110, 220), (30, 160, 80), (200, 140, 20), (140, 60, 200), (90, 90, 90)]
+
+
+def _pil():
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError as err:  # pragma: no cover - Pillow ships with ComfyUI and the package
+        raise ImportError("drawing plots needs Pillow: pip install pillow") from err
+    return Image, ImageDraw
+
+
+def plot_grids(grids: dict, title: str = "", size=(640, 400)):
+    """Each grid (name -> sigmas, a final 0 is left out) as sigma over step index, log scale."""
+    Image, ImageDraw = _pil()
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 60, width - 150, 30, height - 40
+    series = {name: [float(s) for s in torch.as_tensor(g).flatten() if float(s) > 0] for name, g in grids.items()}
+    values = [v for points in series.values() for v in points]
+    if not values:
+        raise ValueError("nothing to plot: every grid is empty")
+    low, high = math.log10(min(values)), math.log10(max(values))
+    if high - low < 1e-9:
+        low, high = low - 1, high + 1
+    longest = max(len(points) for points in series.values())
+
+    def to_xy(index, value):
+        x = left + (right - left) * (index / max(longest - 1, 1))
+        y = bottom - (bottom - top) * ((math.log10(value) - low) / (high - low))
+        return x, y
+
+    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+    for exponent in range(math.floor(low), math.ceil(high) + 1):
+        if low <= exponent <= high:
+            _, y = to_xy(0, 10.0 ** exponent)
+            draw.line([left, y, right, y], fill=(225, 225, 225))
+            draw.text((8, y - 6), f"1e{exponent}", fill=(0, 0, 0))
+    for index in range(longest):
+        x, _ = to_xy(index, 10.0 ** low)
+        draw.text((x - 3, bottom + 6), str(index), fill=(0, 0, 0))
+    draw.text((left, 8), title, fill=(0, 0, 0))
+    draw.text(((left + right) // 2 - 15, height - 18), "step", fill=(0, 0, 0))
+    for number, (name, points) in enumerate(series.items()):
+        colour = COLOURS[number % len(COLOURS)]
+        xy = [to_xy(i, v) for i, v in enumerate(points)]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for x, y in xy:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        draw.line([right + 12, top + 10 + 18 * number, right + 32, top + 10 + 18 * number], fill=colour, width=3)
+        draw.text((right + 38, top + 4 + 18 * number), name, fill=(0, 0, 0))
+    return image
+
+
+def to_pil(image: torch.Tensor, scale: int = 1):
+    """A [3, H, W] tensor in [-1, 1] as a PIL image, enlarged ``scale`` times."""
+    Image, _ = _pil()
+    pixels = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    picture = Image.fromarray(pixels, "RGB")
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return picture
+
+
+def sample_sheet(columns: dict, scale: int = 3, pad: int = 4):
+    """columns: label -> [N, 3, H, W] tensors in [-1, 1]; one column per label, N rows."""
+    Image, ImageDraw = _pil()
+    labels = list(columns)
+    rows = min(len(v) for v in columns.values())
+    tile_h, tile_w = (columns[labels[0]].shape[-2] * scale, columns[labels[0]].shape[-1] * scale)
+    sheet = Image.new("RGB", (len(labels) * (tile_w + pad) + pad, rows * (tile_h + pad) + pad + 20), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, label in enumerate(labels):
+        x = pad + c * (tile_w + pad)
+        draw.text((x, 4), label[: max(4, tile_w // 6)], fill=(0, 0, 0))
+        for r in range(rows):
+            sheet.paste(to_pil(columns[label][r], scale), (x, 20 + pad + r * (tile_h + pad)))
+    return sheet
+
+
+def stack_vertically(images, pad: int = 8):
+    """Stack PIL images top to bottom on white, centred."""
+    Image, _ = _pil()
+    width = max(i.width for i in images)
+    height = sum(i.height for i in images) + pad * (len(images) - 1)
+    canvas = Image.new("RGB", (width, height), "white")
+    y = 0
+    for picture in images:
+        canvas.paste(picture, ((width - picture.width) // 2, y))
+        y += picture.height + pad
+    return canvas

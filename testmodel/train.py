@@ -1,0 +1,77 @@
+"""Train the shipped TinyUNet on procedural images (no download), EDM loss and weighting.
+
+    python -m learned_solvers.testmodel.train --iterations 4000
+
+Writes ``testmodel/tiny_unet.safetensors`` (float16 weights, a few MB) atomically. Sigmas are
+drawn log-normally (EDM's P_mean -1.2, P_std 1.2), clipped to SD1.5's range 0.0292..14.6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from .data import procedural_images
+from .unet import SIGMA_DATA, WEIGHTS_PATH, TinyUNet
+
+SIGMA_MIN, SIGMA_MAX = 0.0291675, 14.6146412
+
+
+def train(iterations: int, batch_size: int, lr: float, seed: int, out=WEIGHTS_PATH, log_every=100):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = TinyUNet()
+    ema = TinyUNet()
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    print(f"TinyUNet: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    began = time.perf_counter()
+    for step in range(1, iterations + 1):
+        x0 = procedural_images(batch_size, generator=gen)
+        sigma = (torch.randn(batch_size, generator=gen) * 1.2 - 1.2).exp().clamp(SIGMA_MIN, SIGMA_MAX)
+        noisy = x0 + sigma[:, None, None, None] * torch.randn(x0.shape, generator=gen)
+        weight = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
+        loss = (weight[:, None, None, None] * (model(noisy, sigma) - x0) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in optimizer.param_groups:  # warm up, then cosine decay
+            group["lr"] = lr * min(1.0, step / 200) * 0.5 * (1 + torch.cos(torch.tensor(step / iterations * 3.14159)).item())
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(0.999, (1 + step) / (10 + step))
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        if step % log_every == 0:
+            print(f"step {step}/{iterations}  loss {loss.item():.4f}  {time.perf_counter() - began:.0f}s", flush=True)
+    save(ema, out)
+    return ema
+
+
+def save(model, path):
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
+    tmp = f"{path}.tmp"
+    save_file(state, tmp, metadata={"format": "pt", "model": "TinyUNet", "data": "procedural_images"})
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(WEIGHTS_PATH))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    train(args.iterations, args.batch_size, args.lr, args.seed, args.out)
+
+
+if __name__ == "__main__":
+    main()
