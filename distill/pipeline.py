@@ -104,7 +104,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
                          f"{samples + validation}")
     corrector = base.startswith("unipc")
     needs_states = method in ("auto", "dode")
-    t_grid = teacher_grid(list(grids.values()), teacher_steps, convention)
+    t_grid = teacher_grid(list(grids.values()), teacher_steps, convention, sigma_min)
     keep = sorted({float(s) for g in grids.values() for s in g[1:]}) if needs_states else []
     per_nfe = iterations * (1 if method != "s4s_alt" else 1)
     total = per_nfe * len(nfes) if method not in ("dode",) else len(nfes)

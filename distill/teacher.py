@@ -52,11 +52,14 @@ def _same(a: float, b: float) -> bool:
     return abs(a - b) <= SAME_SIGMA * max(abs(a), abs(b))
 
 
-def teacher_grid(student_grids, steps: int, convention: str) -> torch.Tensor:
+def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | None = None) -> torch.Tensor:
     """A grid of about ``steps`` model calls that contains every point of ``student_grids``.
 
     All student grids must share their first sigma and, if any ends at 0, end at 0. Extra points
     go into each interval in proportion to its half-log-SNR length (at least one per interval).
+    ``sigma_min`` (the model's smallest sigma) extends the grid down to it before the final
+    denoise, so the teacher's result is accurate even when a student grid stops early (AYS and
+    "simple" grids jump to 0 from well above sigma_min).
     """
     grids = [torch.as_tensor(g, dtype=torch.float64) for g in student_grids]
     if not grids:
@@ -65,7 +68,10 @@ def teacher_grid(student_grids, steps: int, convention: str) -> torch.Tensor:
     if any(not _same(float(g[0]), top) for g in grids):
         raise ValueError("student grids must start at the same sigma to share a teacher")
     final_zero = any(float(g[-1]) == 0 for g in grids)
-    points = sorted({float(v) for g in grids for v in g if float(v) > 0}, reverse=True)
+    points = {float(v) for g in grids for v in g if float(v) > 0}
+    if sigma_min is not None and 0 < sigma_min < min(points):
+        points.add(float(sigma_min))
+    points = sorted(points, reverse=True)
     merged = [points[0]]
     for value in points[1:]:
         if not _same(value, merged[-1]):
