@@ -15,7 +15,7 @@ import torch
 from ..learned_samplers import half_log_snr, resolve_convention, sample_learned, sigma_from_half_log_snr
 
 # Sigmas closer than this (relative) are the same grid point.
-SAME_SIGMA = 1e-9
+SAME_SIGMA = 1e-6
 
 
 @dataclass

@@ -182,3 +182,16 @@ def test_rmse_of_the_base_is_what_sampling_gives():
     expected = (direct.double() - teacher.final.double()).pow(2).mean().sqrt().item()
     assert rmse(MODEL, teacher, torch.arange(8), fit, base="euler", convention="ve", corrector=False) == \
         pytest.approx(expected, rel=1e-6)
+
+
+def test_teacher_grid_holds_every_student_point_and_reaches_sigma_min():
+    from learned_solvers.schedules import align_your_steps
+
+    students = [align_your_steps(4), karras(6, SIGMA_MIN, SIGMA_MAX, final_zero=True)]
+    grid = teacher_grid(students, 40, "ve", sigma_min=SIGMA_MIN)
+    assert grid[-1] == 0 and grid[-2] == pytest.approx(SIGMA_MIN)
+    assert (grid[1:] < grid[:-1]).all()
+    assert 38 <= len(grid) - 1 <= 46
+    for student in students:
+        for value in student[:-1]:
+            assert ((grid - value).abs() <= 1e-6 * value).any()  # the teacher keeps a state there
