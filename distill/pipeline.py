@@ -106,8 +106,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
     needs_states = method in ("auto", "dode")
     t_grid = teacher_grid(list(grids.values()), teacher_steps, convention, sigma_min)
     keep = sorted({float(s) for g in grids.values() for s in g[1:]}) if needs_states else []
-    per_nfe = iterations * (1 if method != "s4s_alt" else 1)
-    total = per_nfe * len(nfes) if method not in ("dode",) else len(nfes)
+    per_nfe = iterations
+    total = len(nfes) if method == "dode" else per_nfe * len(nfes)
     teacher = record_teacher(call, start, t_grid, keep, base=teacher_base, convention=convention,
                              extra_args=extra_args, cancel=cancel)
     if not torch.isfinite(teacher.final).all():
