@@ -15,7 +15,7 @@ import time
 import torch
 
 from .learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
-from .schedules import align_your_steps, discrete_vp_sigmas, exponential, karras, time_uniform
+from .schedules import exponential, karras, sd15_schedules
 
 SD15_SIGMA_MIN, SD15_SIGMA_MAX = 0.0291675, 14.6146412  # SD1.x's discrete schedule range
 
@@ -48,17 +48,6 @@ def compare(nfes, samples: int, seed: int, reference_steps: int, out=sys.stdout)
     return table
 
 
-def classical_grids():
-    """The built-in schedules for a model on SD1.5's discrete schedule: name -> (nfe -> sigmas)."""
-    table = discrete_vp_sigmas()
-    return {
-        "karras": lambda n: karras(n, SD15_SIGMA_MIN, SD15_SIGMA_MAX, final_zero=True),
-        "exponential": lambda n: exponential(n, SD15_SIGMA_MIN, SD15_SIGMA_MAX, final_zero=True),
-        "time-uniform": lambda n: time_uniform(n, table, final_zero=True),
-        "ays": lambda n: align_your_steps(n),
-    }
-
-
 def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_mixture: bool, out=sys.stdout):
     """Distill, compare on held-out seeds, write the PNG; returns (learned RMSE, best classical RMSE)."""
     from .distill import distill, start_states
@@ -74,7 +63,7 @@ def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_m
         model = load_test_unet()
         name = "shipped TinyUNet (3x32x32, eps model on SD1.5 sigmas)"
     shape = (3, 32, 32)
-    grids = classical_grids()
+    grids = sd15_schedules()
 
     def run(start, sigmas, base, **options):
         with torch.no_grad():

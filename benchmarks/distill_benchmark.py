@@ -23,19 +23,9 @@ import torch
 
 from learned_solvers.distill import METHODS, distill, start_states
 from learned_solvers.learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
-from learned_solvers.schedules import align_your_steps, discrete_vp_sigmas, exponential, karras, time_uniform
+from learned_solvers.schedules import discrete_vp_sigmas, exponential, sd15_schedules
 
 SD15 = discrete_vp_sigmas()
-
-
-def classical_grids(sigma_min, sigma_max):
-    """name -> (nfe -> sigmas ending in 0), for a model with SD1.5's discrete schedule."""
-    return {
-        "karras": lambda n: karras(n, sigma_min, sigma_max, final_zero=True),
-        "exponential": lambda n: exponential(n, sigma_min, sigma_max, final_zero=True),
-        "time-uniform": lambda n: time_uniform(n, SD15, final_zero=True),
-        "ays": lambda n: align_your_steps(n),
-    }
 
 
 def rmse_to(target, model, start, sigmas, **options):
@@ -46,7 +36,7 @@ def rmse_to(target, model, start, sigmas, **options):
 
 def run(name, model, shape, sigma_min, sigma_max, nfes, methods, held_out, train_seeds,
         iterations, teacher_steps, out):
-    grids = classical_grids(sigma_min, sigma_max)
+    grids = sd15_schedules()
     held = start_states(shape, held_out, sigma_max, "ve", seed=10_000)
     probe = start_states(shape, train_seeds, sigma_max, "ve", seed=0)[:32]
 

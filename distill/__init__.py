@@ -11,6 +11,7 @@ from .fit import (
     fit_gradient,
     fit_step_scales,
     rmse,
+    start_noise_scale,
 )
 from .grid import MonotoneGrid, grid_coordinate, sigmas_from_coordinate
 from .pipeline import distill, initial_grid, start_states
@@ -36,6 +37,7 @@ __all__ = [
     "record_teacher",
     "rmse",
     "sigmas_from_coordinate",
+    "start_noise_scale",
     "start_states",
     "teacher_grid",
 ]

@@ -217,7 +217,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     steps = init.nfe
     values = teacher.start[0].numel()
     radius = slack * values / steps ** 2 if slack else 0.0
-    unit = _noise_unit(teacher, convention)
+    unit = start_noise_scale(float(teacher.sigmas[0]), convention)
     offsets = torch.zeros((len(train),) + tuple(teacher.start.shape[1:]))
     total_steps = total_steps or iterations
 
@@ -280,11 +280,10 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     return best, best_rmse, params, log
 
 
-def _noise_unit(teacher, convention):
-    """Host units of one unit of start noise (the soft-slack ball is measured in unit noise)."""
-    if convention == "flow":
-        return 1.0
-    return math.sqrt(1.0 + float(teacher.sigmas[0]) ** 2)
+def start_noise_scale(sigma_max: float, convention: str) -> float:
+    """Host units of one unit of start noise, as ComfyUI scales full-denoise noise:
+    sqrt(1 + sigma_max^2) for VE models, 1 for flow models (t = 1)."""
+    return 1.0 if convention == "flow" else math.sqrt(1.0 + sigma_max ** 2)
 
 
 __all__ = [
@@ -298,6 +297,7 @@ __all__ = [
     "fit_gradient",
     "fit_step_scales",
     "rmse",
+    "start_noise_scale",
 ]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -18,6 +17,7 @@ from .fit import (
     fit_gradient,
     fit_step_scales,
     rmse,
+    start_noise_scale,
 )
 from .grid import grid_coordinate
 from .result import FittedSteps, LearnedSolver
@@ -48,12 +48,10 @@ def initial_grid(init, nfe: int, sigma_min: float, sigma_max: float) -> torch.Te
 
 def start_states(shape, count: int, sigma_max: float, convention: str, seed: int, device="cpu",
                  dtype=torch.float32) -> torch.Tensor:
-    """Seeded start states [count, *shape] as ComfyUI scales full-denoise noise:
-    sqrt(1 + sigma_max^2) * eps for VE models, eps for flow models (t = 1)."""
+    """Seeded start states [count, *shape]: unit noise times ``start_noise_scale``."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((count,) + tuple(shape), generator=gen, dtype=torch.float64)
-    scale = 1.0 if convention == "flow" else math.sqrt(1.0 + sigma_max ** 2)
-    return (scale * noise).to(device=device, dtype=dtype)
+    return (start_noise_scale(sigma_max, convention) * noise).to(device=device, dtype=dtype)
 
 
 def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), method: str = "auto",

@@ -7,6 +7,7 @@ from .grids import (
     exponential,
     karras,
     loglinear_interp,
+    sd15_schedules,
     time_uniform,
     uniform,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "exponential",
     "karras",
     "loglinear_interp",
+    "sd15_schedules",
     "time_uniform",
     "uniform",
 ]

@@ -105,3 +105,16 @@ def align_your_steps(steps: int, table=AYS_SD1, final_zero: bool = True) -> torc
     if final_zero:  # as ComfyUI's AlignYourStepsScheduler: the last table entry becomes 0
         values = torch.cat([values[:-1], values.new_zeros(1)])
     return values
+
+
+def sd15_schedules() -> dict:
+    """ComfyUI's built-in schedules for a model on SD1.x's discrete schedule, each ending in 0:
+    name -> (steps -> sigmas) for karras, exponential, time-uniform ("simple") and AYS."""
+    table = discrete_vp_sigmas()
+    low, high = float(table[0]), float(table[-1])
+    return {
+        "karras": lambda n: karras(n, low, high, final_zero=True),
+        "exponential": lambda n: exponential(n, low, high, final_zero=True),
+        "time-uniform": lambda n: time_uniform(n, table, final_zero=True),
+        "ays": lambda n: align_your_steps(n),
+    }
