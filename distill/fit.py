@@ -26,6 +26,7 @@ from ..learned_samplers import half_log_snr, sample_learned
 from .grid import MonotoneGrid, grid_coordinate
 from .result import FittedSteps
 
+DEFAULT_LR = {"grid": 0.1, "end": 0.2, "offsets": 0.1, "coefficients": 0.05, "step_scales": 0.05}
 METHODS = ("auto", "dode", "ld3", "s4s", "s4s_alt")
 LOSSES = ("l2", "l1", "mse")
 
@@ -98,10 +99,11 @@ def fit_step_scales(model, teacher, sigmas, indices, *, base, convention, correc
 class StudentParameters(torch.nn.Module):
     """The learnable options of one NFE: grid, decoupled offsets, coefficient corrections."""
 
-    def __init__(self, init: FittedSteps, convention: str, history: int, corrector: bool):
+    def __init__(self, init: FittedSteps, convention: str, history: int, corrector: bool,
+                 sigma_floor: float | None = None):
         super().__init__()
         steps = init.nfe
-        self.grid = MonotoneGrid(init.sigmas, convention)
+        self.grid = MonotoneGrid(init.sigmas, convention, sigma_floor)
         self.convention = convention
         self.offset_raw = torch.nn.Parameter(torch.zeros(steps, dtype=torch.float64))
         d_init = torch.zeros(steps, history, dtype=torch.float64)
@@ -187,21 +189,30 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
                  corrector, sigma_range, method, iterations=200, batch_size=8, lr=None, loss="l2",
                  slack=0.001, history=3, eval_every=10, seed=0, extra_args=None, device=None,
                  use_checkpoint=False, max_rejections=10, progress=None, cancel=None,
-                 params: StudentParameters | None = None, step_offset=0, total_steps=None):
-    """Backpropagate through the unrolled student; returns (best FittedSteps, params, log).
+                 params: StudentParameters | None = None, step_offset=0, total_steps=None,
+                 decay_to: float = 0.1, keep: set | None = None):
+    """Backpropagate through the unrolled student; returns (best FittedSteps, its validation
+    RMSE, params, log).
 
-    learn: a subset of {"grid", "offsets", "coefficients", "step_scales"}. The best snapshot by
-    validation RMSE is returned (the initial state counts, so the fit never ends worse on the
-    validation samples than it started). slack: LD3's soft-slack radius factor: each training
+    learn: a subset of {"grid", "offsets", "coefficients", "step_scales"}; keep: the options a
+    snapshot carries (default ``learn``; S4S-Alt passes every block learned so far). The best
+    snapshot by validation RMSE is returned and ``params`` are left at it (the initial state
+    counts, so the fit never ends worse on the validation samples than it started). lr: peak
+    Adam rates per group (defaults ``DEFAULT_LR`` x (4 / N)^2), decayed by a cosine to
+    ``decay_to`` x the peak over the iterations; a rejected step halves the peaks. slack: LD3's soft-slack radius factor: each training
     sample's start noise may move inside a ball of radius slack * d / N^2 (d = values per sample,
     in units of the unit noise) to where the student follows the teacher best; 0 turns it off.
     """
-    lr = {"grid": 0.02, "offsets": 0.02, "coefficients": 0.01, "step_scales": 0.01, **(lr or {})}
+    # peak rates for 4 steps; errors compound over more steps, so the defaults shrink as (4 / N)^2
+    shrink = min(1.0, (4 / init.nfe) ** 2)
+    lr = {**{name: rate * shrink for name, rate in DEFAULT_LR.items()}, **(lr or {})}
     device = device or teacher.start.device
-    params = params or StudentParameters(init, convention, history, corrector)
+    params = params or StudentParameters(init, convention, history, corrector, sigma_range[0])
     groups = []
     if "grid" in learn:
         groups.append({"params": [params.grid.logits], "lr": lr["grid"]})
+        if params.grid.free_end:
+            groups.append({"params": [params.grid.end_lambda], "lr": lr["end"]})
     if "offsets" in learn:
         groups.append({"params": [params.offset_raw], "lr": lr["offsets"]})
     if "coefficients" in learn:
@@ -212,6 +223,8 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     if "step_scales" in learn:
         groups.append({"params": [params.step_scales], "lr": lr["step_scales"]})
     optimizer = torch.optim.Adam(groups)
+    for group in optimizer.param_groups:
+        group["peak_lr"] = group["lr"]
     call = checkpointed_model(model) if use_checkpoint else model
     gen = torch.Generator().manual_seed(seed)
     steps = init.nfe
@@ -221,18 +234,24 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     offsets = torch.zeros((len(train),) + tuple(teacher.start.shape[1:]))
     total_steps = total_steps or iterations
 
+    keep = learn if keep is None else keep
+
     def validate():
-        snap = params.snapshot(learn, method, convention, sigma_range)
+        snap = params.snapshot(keep, method, convention, sigma_range)
         return snap, rmse(model, teacher, validation, snap, base=base, convention=convention,
                           corrector=corrector, extra_args=extra_args, device=device)
 
     best, best_rmse = validate()
+    best_state = copy.deepcopy(params.state_dict())
     log = {"losses": [], "validation": [(step_offset, best_rmse)], "rejected": 0}
     last_good = copy.deepcopy(params.state_dict())
     rejected_in_a_row = 0
     for iteration in range(iterations):
         if cancel is not None and cancel():
             raise FitCancelled("the fit was cancelled")
+        # cosine decay to decay_to x the peak: large early moves, then settle into the minimum
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * (decay_to + (1 - decay_to) * 0.5 * (1 + math.cos(math.pi * iteration / iterations)))
         pick = torch.randperm(len(train), generator=gen)[:batch_size]
         chunk = train[pick]
         start = teacher.start[chunk].to(device)
@@ -251,7 +270,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
             rejected_in_a_row += 1
             params.load_state_dict(last_good)
             for group in optimizer.param_groups:
-                group["lr"] *= 0.5
+                group["peak_lr"] *= 0.5
             if rejected_in_a_row >= max_rejections:
                 raise FitDiverged(
                     f"{rejected_in_a_row} steps in a row gave a non-finite loss or gradient, even after "
@@ -261,6 +280,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
         rejected_in_a_row = 0
         torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], 1.0)
         optimizer.step()
+        params.grid.project()
         last_good = copy.deepcopy(params.state_dict())
         if radius > 0 and delta.grad is not None:
             with torch.no_grad():
@@ -275,8 +295,10 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
             log["validation"].append((step_offset + iteration + 1, score))
             if score < best_rmse:
                 best, best_rmse = snap, score
+                best_state = copy.deepcopy(params.state_dict())
         if progress is not None:
             progress(step_offset + iteration + 1, total_steps, float(value.detach()), log["validation"][-1][1])
+    params.load_state_dict(best_state)
     return best, best_rmse, params, log
 
 

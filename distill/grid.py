@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..learned_samplers import signal_scale
+from ..learned_samplers import half_log_snr, sigma_from_half_log_snr, signal_scale
 
 
 def flow_time(sigma: torch.Tensor, convention: str) -> torch.Tensor:
@@ -34,20 +34,25 @@ def grid_coordinate(sigmas, sigma_range, convention: str) -> torch.Tensor:
 def sigmas_from_coordinate(u, sigma_range, convention: str) -> torch.Tensor:
     """Host sigmas for coordinates ``u`` within ``sigma_range`` (the inverse of grid_coordinate)."""
     u = torch.as_tensor(u, dtype=torch.float64)
-    low, high = (flow_time(torch.tensor(float(s), dtype=torch.float64), convention) for s in sigma_range)
+    low, high = (flow_time(torch.as_tensor(s, dtype=torch.float64), convention) for s in sigma_range)
     return sigma_from_flow_time(high - u * (high - low), convention)
 
 
 class MonotoneGrid(torch.nn.Module):
-    """A strictly decreasing grid between two pinned sigmas, with a learnable interior.
+    """A strictly decreasing grid from a pinned sigma_max, with a learnable interior.
 
-    ``init`` [N+1]: the starting grid (host units); its first and last positive sigmas are
-    pinned, a final 0 is kept. The interior lives in softmax logits over the gaps in ``u``
-    (LD3's parameterisation): every gap stays positive, so the grid is strictly decreasing and
-    inside [last positive, first] whatever the logits.
+    ``init`` [N+1]: the starting grid (host units); its first sigma is pinned and a final 0 is
+    kept. The interior lives in softmax logits over the gaps in ``u`` (LD3's parameterisation):
+    every gap stays positive, so the grid is strictly decreasing whatever the logits.
+
+    The last positive sigma is pinned too, unless ``sigma_floor`` is given and the grid ends in a
+    final denoise to 0: then it is learnable (``end_lambda``, its half-log-SNR) between
+    ``sigma_floor`` (the model's sigma_min) and the first sigma, because at few steps the
+    best last evaluation is rarely the model's sigma_min, where the call barely changes x.
+    ``project()`` puts ``end_lambda`` back inside its bounds after an optimiser step.
     """
 
-    def __init__(self, init, convention: str):
+    def __init__(self, init, convention: str, sigma_floor: float | None = None):
         super().__init__()
         init = torch.as_tensor(init, dtype=torch.float64)
         self.convention = convention
@@ -55,17 +60,40 @@ class MonotoneGrid(torch.nn.Module):
         positive = init[:-1] if self.final_zero else init
         if len(positive) < 2:
             raise ValueError("a learnable grid needs at least two positive sigmas")
-        self.register_buffer("ends", torch.stack([positive[-1], positive[0]]))
-        u = grid_coordinate(positive, self.ends, convention)
+        self.register_buffer("first", positive[0].clone())
+        self.register_buffer("last", positive[-1].clone())
+        self.free_end = self.final_zero and sigma_floor is not None
+        if self.free_end:
+            floor = min(float(sigma_floor), float(positive[-1]))
+            top = half_log_snr(positive[0], convention)
+            bottom = half_log_snr(torch.tensor(floor, dtype=torch.float64), convention)
+            # the end may rise to 2/3 of the way to sigma_max (in lambda), never onto it
+            self.register_buffer("end_bounds", torch.stack([top + (bottom - top) / 3, bottom]))
+            self.end_lambda = torch.nn.Parameter(half_log_snr(positive[-1], convention).clone())
+        u = grid_coordinate(positive, torch.stack([positive[-1], positive[0]]), convention)
         self.logits = torch.nn.Parameter(torch.log(u[1:] - u[:-1]))
 
     def coordinate(self) -> torch.Tensor:
+        """u [len(positive)] of the positive sigmas between the grid's own two ends."""
         gaps = torch.softmax(self.logits, dim=0)
         return torch.cat([gaps.new_zeros(1), torch.cumsum(gaps, 0)[:-1], gaps.new_ones(1)])
 
+    def end(self) -> torch.Tensor:
+        """The last positive sigma (a 0-d tensor, differentiable when it is learnable)."""
+        if not self.free_end:
+            return self.last
+        lam = torch.minimum(torch.maximum(self.end_lambda, self.end_bounds[0]), self.end_bounds[1])
+        return sigma_from_half_log_snr(lam, self.convention)
+
+    @torch.no_grad()
+    def project(self):
+        if self.free_end:
+            self.end_lambda.clamp_(float(self.end_bounds[0]), float(self.end_bounds[1]))
+
     def forward(self) -> torch.Tensor:
-        sigmas = sigmas_from_coordinate(self.coordinate(), self.ends, self.convention)
-        sigmas = torch.cat([self.ends[1:], sigmas[1:-1], self.ends[:1]])  # endpoints bit-exact
+        end = self.end()
+        sigmas = sigmas_from_coordinate(self.coordinate(), torch.stack([end, self.first]), self.convention)
+        sigmas = torch.cat([self.first[None], sigmas[1:-1], end[None]])  # endpoints bit-exact
         if self.final_zero:
             sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
         return sigmas

@@ -146,7 +146,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
                                                iterations=iterations, step_offset=index * per_nfe, **gradient)
             candidates.append((score, best))
         elif method == "s4s_alt":
-            params = StudentParameters(plain, convention, history, corrector)
+            params = StudentParameters(plain, convention, history, corrector, sigma_min)
             blocks = [{"coefficients"}, {"grid"} | offsets]
             done, learned = 0, set()
             chunk = max(1, iterations // (2 * rounds))
@@ -154,15 +154,14 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
                 block = blocks[round_index % 2]
                 learned |= block
                 length = chunk if round_index < 2 * rounds - 1 else iterations - done
-                _, _, params, part = fit_gradient(call, teacher, plain, block, train, held, method="s4s_alt",
-                                                  iterations=length, params=params,
-                                                  step_offset=index * per_nfe + done, **gradient)
+                best, score, params, part = fit_gradient(call, teacher, plain, block, train, held, method="s4s_alt",
+                                                         iterations=length, params=params, keep=set(learned),
+                                                         step_offset=index * per_nfe + done, **gradient)
                 done += length
                 log["losses"] += part["losses"]
                 log["validation"] += part["validation"]
                 log["rejected"] += part["rejected"]
-            final = params.snapshot(learned, "s4s_alt", convention, sigma_range)
-            candidates.append((rmse(call, teacher, held, final, **shared), final))
+            candidates.append((score, best))  # each block starts from the previous block's best
         score, chosen = min(candidates, key=lambda c: c[0])
         chosen.held_out_rmse = score
         chosen.base_held_out_rmse = base_rmse

@@ -90,7 +90,8 @@ def test_learned_grid_stays_strictly_decreasing_and_inside_the_range():
         positive = sigmas[:-1]
         assert sigmas[-1] == 0
         assert (positive[1:] < positive[:-1]).all()
-        assert positive[0] == pytest.approx(SIGMA_MAX) and positive[-1] == pytest.approx(SIGMA_MIN)
+        assert positive[0] == pytest.approx(SIGMA_MAX)
+        assert SIGMA_MIN * (1 - 1e-12) <= positive[-1] < positive[0]  # the last may rise off sigma_min
         fit = solver.fits[nfe]
         coordinate = grid_coordinate(sigmas, solver.sigma_range, "ve")
         torch.testing.assert_close(fit.coordinate, coordinate)
