@@ -1,5 +1,12 @@
 """Schedules: classical sigma grids, and (with the file format) presets and sharing."""
 
+from .files import (
+    LearnedSolverFileError,
+    load_learned_solver,
+    read_metadata,
+    save_learned_solver,
+    solver_from_bytes,
+)
 from .grids import (
     AYS_SD1,
     align_your_steps,
@@ -13,6 +20,11 @@ from .grids import (
 )
 
 __all__ = [
+    "LearnedSolverFileError",
+    "load_learned_solver",
+    "read_metadata",
+    "save_learned_solver",
+    "solver_from_bytes",
     "AYS_SD1",
     "align_your_steps",
     "discrete_vp_sigmas",

@@ -1,0 +1,312 @@
+"""Learned-solver files: safetensors tensors + string metadata, validated before use.
+
+Layout (format version 1; ``FORMAT.md`` is the written spec):
+
+* tensors, float64, per fitted NFE ``N``: ``nfe{N}.sigmas`` [N+1] (host units, strictly
+  decreasing, may end in 0), ``nfe{N}.coordinate`` [N+1] (the grid as fractions of the sigma
+  range, see ``distill.grid``), and where learned ``nfe{N}.eval_offsets`` [N],
+  ``nfe{N}.d_corrections`` [N, K], ``nfe{N}.step_scales`` [N], ``nfe{N}.corrector_corrections`` [N];
+* ``__metadata__`` (all strings): ``format`` = ``learned-solver``, ``format_version``, ``method``,
+  ``base``, ``convention``, ``corrector``, ``nfes``, ``sigma_min``, ``sigma_max``, ``fits``
+  (JSON per NFE: method, held-out RMSE, base RMSE, fit seconds), ``provenance`` (JSON), and the
+  optional ``model_family``, ``prediction``, ``shift``, ``fingerprint``, ``cfg``, ``resolution``,
+  ``author``, ``description``, ``license``, ``package_version``.
+
+Nothing is unpickled; the header is parsed and checked by this module before safetensors reads
+a byte of tensor data, and every failure raises ``LearnedSolverFileError`` with a message a
+user can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+
+import torch
+
+from ..learned_samplers import BASE_SOLVERS, HISTORY
+
+FORMAT_NAME = "learned-solver"
+FORMAT_VERSION = 1
+MAX_FILE_BYTES = 1 << 20  # a learned solver is kilobytes; anything near a megabyte is not one
+MAX_HEADER_BYTES = 256 << 10
+MAX_NFE = 1000
+OPTION_NAMES = ("eval_offsets", "d_corrections", "step_scales", "corrector_corrections")
+OPTIONAL_METADATA = ("model_family", "prediction", "shift", "fingerprint", "cfg", "resolution", "author",
+                     "description", "license", "package_version")
+EXTENSION = ".safetensors"
+
+
+class LearnedSolverFileError(ValueError):
+    """A learned-solver file is missing, malformed, hostile or for a newer package version."""
+
+
+def _fail(path, message):
+    raise LearnedSolverFileError(f"{os.path.basename(str(path))}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+def solver_tensors(solver) -> dict:
+    """The tensors of a ``LearnedSolver`` under their file keys (float64, contiguous, CPU)."""
+    tensors = {}
+    for nfe in solver.nfes:
+        fit = solver.fits[nfe]
+        tensors[f"nfe{nfe}.sigmas"] = fit.sigmas
+        tensors[f"nfe{nfe}.coordinate"] = fit.coordinate
+        for name, value in fit.options().items():
+            tensors[f"nfe{nfe}.{name}"] = value
+    return {k: v.detach().to("cpu", torch.float64).contiguous() for k, v in tensors.items()}
+
+
+def solver_metadata(solver, extra: dict | None = None) -> dict:
+    """String metadata of a ``LearnedSolver``; ``extra`` adds or overrides optional keys."""
+    fits = {str(n): {"method": f.method, "held_out_rmse": _finite_or_none(f.held_out_rmse),
+                     "base_held_out_rmse": _finite_or_none(f.base_held_out_rmse),
+                     "fit_seconds": round(float(f.fit_seconds), 3), "rejected_steps": int(f.rejected_steps)}
+            for n, f in solver.fits.items()}
+    provenance = dict(solver.provenance)
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "method": solver.method,
+        "base": solver.base,
+        "convention": solver.convention,
+        "corrector": "true" if solver.corrector else "false",
+        "nfes": ",".join(str(n) for n in solver.nfes),
+        "sigma_min": repr(float(solver.sigma_range[0])),
+        "sigma_max": repr(float(solver.sigma_range[1])),
+        "fits": json.dumps(fits, sort_keys=True),
+        "provenance": json.dumps(provenance, sort_keys=True, default=str),
+    }
+    model = provenance.get("model", {}) if isinstance(provenance.get("model"), dict) else {}
+    for key in OPTIONAL_METADATA:
+        value = (extra or {}).get(key, model.get(key, provenance.get(key)))
+        if value is not None and value != "":
+            metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    for key, value in (extra or {}).items():
+        if key not in OPTIONAL_METADATA:
+            raise ValueError(f"unknown metadata key {key!r}; optional keys are {', '.join(OPTIONAL_METADATA)}")
+    return metadata
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def save_learned_solver(solver, path, metadata: dict | None = None) -> str:
+    """Write ``solver`` to ``path`` atomically (a temporary file in the same folder, then a
+    rename), so a crash or cancel never leaves half a file. Returns the path written."""
+    from safetensors.torch import save
+
+    path = os.fspath(path)
+    if not path.endswith(EXTENSION):
+        path += EXTENSION
+    blob = save(solver_tensors(solver), metadata=solver_metadata(solver, metadata))
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=EXTENSION, dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(blob)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+def read_header(blob: bytes, path="file") -> dict:
+    """The safetensors JSON header of ``blob``, checked for size, shape and offsets."""
+    if len(blob) > MAX_FILE_BYTES:
+        _fail(path, f"is {len(blob):,} bytes; a learned-solver file is a few kilobytes (limit "
+                    f"{MAX_FILE_BYTES:,}), so this is some other kind of file")
+    if len(blob) < 8:
+        _fail(path, "is too short to be a safetensors file (truncated download?)")
+    (length,) = struct.unpack("<Q", blob[:8])
+    if length > MAX_HEADER_BYTES or 8 + length > len(blob):
+        _fail(path, "has a broken safetensors header (truncated or not a safetensors file; a renamed "
+                    ".pt/.ckpt pickle is refused on purpose)")
+    try:
+        header = json.loads(blob[8:8 + length].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        _fail(path, "has a safetensors header that is not valid JSON (corrupted file)")
+    if not isinstance(header, dict):
+        _fail(path, "has a safetensors header that is not a JSON object (corrupted file)")
+    data_length = len(blob) - 8 - length
+    for key, entry in header.items():
+        if key == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in entry.items()):
+                _fail(path, "has metadata that is not a string-to-string map (corrupted file)")
+            continue
+        if not isinstance(entry, dict) or entry.get("dtype") != "F64":
+            _fail(path, f"tensor {key!r} is not float64; learned-solver tensors are stored as F64")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if (not isinstance(shape, list) or len(shape) > 2 or not all(isinstance(s, int) and 0 <= s <= MAX_NFE + 1
+                                                                    for s in shape)):
+            _fail(path, f"tensor {key!r} has an impossible shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data_length
+                or offsets[1] - offsets[0] != 8 * math.prod(shape)):
+            _fail(path, f"tensor {key!r} points outside the file (truncated or corrupted)")
+    return header
+
+
+def _metadata_value(metadata, key, path):
+    if key not in metadata:
+        _fail(path, f"lacks the metadata entry {key!r}; it was not written by this package's format")
+    return metadata[key]
+
+
+def _parse_float(metadata, key, path):
+    try:
+        value = float(_metadata_value(metadata, key, path))
+    except ValueError:
+        _fail(path, f"metadata {key!r} = {metadata[key]!r} is not a number")
+    if not math.isfinite(value):
+        _fail(path, f"metadata {key!r} is {value}; it must be finite")
+    return value
+
+
+def _parse_json(metadata, key, path):
+    try:
+        return json.loads(metadata.get(key, "{}"))
+    except json.JSONDecodeError:
+        _fail(path, f"metadata {key!r} is not valid JSON")
+
+
+def solver_from_bytes(blob: bytes, path="file"):
+    """A validated ``LearnedSolver`` from a file's bytes (see ``load_learned_solver``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from ..distill.result import FittedSteps, LearnedSolver
+
+    header = read_header(blob, path)
+    metadata = header.get("__metadata__", {})
+    if metadata.get("format") != FORMAT_NAME:
+        _fail(path, "is a safetensors file but not a learned solver (its metadata has no "
+                    f"format = {FORMAT_NAME!r}); is it a model or a LoRA?")
+    version = _metadata_value(metadata, "format_version", path)
+    if not version.isdigit():
+        _fail(path, f"has format_version {version!r}, which is not a whole number")
+    if int(version) > FORMAT_VERSION:
+        _fail(path, f"uses learned-solver format version {version}, newer than this package reads "
+                    f"({FORMAT_VERSION}); upgrade the package")
+    base = _metadata_value(metadata, "base", path)
+    if base not in BASE_SOLVERS:
+        _fail(path, f"names base solver {base!r}, which this package does not know "
+                    f"({', '.join(BASE_SOLVERS)}); upgrade the package")
+    convention = _metadata_value(metadata, "convention", path)
+    if convention not in ("ve", "flow"):
+        _fail(path, f"has convention {convention!r}; it must be 've' or 'flow'")
+    corrector = _metadata_value(metadata, "corrector", path)
+    if corrector not in ("true", "false"):
+        _fail(path, f"has corrector {corrector!r}; it must be 'true' or 'false'")
+    sigma_min, sigma_max = _parse_float(metadata, "sigma_min", path), _parse_float(metadata, "sigma_max", path)
+    if not 0 < sigma_min < sigma_max or (convention == "flow" and sigma_max > 1):
+        _fail(path, f"declares the sigma range ({sigma_min:g}, {sigma_max:g}), which is impossible for "
+                    f"a {convention} model")
+    try:
+        nfes = sorted({int(n) for n in _metadata_value(metadata, "nfes", path).split(",")})
+    except ValueError:
+        _fail(path, f"has nfes {metadata['nfes']!r}; it must be a comma-separated list of step counts")
+    if not nfes or nfes[0] < 1 or nfes[-1] > MAX_NFE:
+        _fail(path, f"lists step counts {nfes}; each must be between 1 and {MAX_NFE}")
+    fits_info = _parse_json(metadata, "fits", path)
+    provenance = _parse_json(metadata, "provenance", path)
+    if not isinstance(fits_info, dict) or not isinstance(provenance, dict):
+        _fail(path, "has 'fits' or 'provenance' metadata that is not a JSON object")
+    try:
+        tensors = load(blob)
+    except (SafetensorError, RuntimeError, ValueError) as err:
+        _fail(path, f"could not be read as safetensors ({err})")
+    expected = set()
+    fits = {}
+    for n in nfes:
+        keys = {name: f"nfe{n}.{name}" for name in ("sigmas", "coordinate") + OPTION_NAMES}
+        for required in ("sigmas", "coordinate"):
+            if keys[required] not in tensors:
+                _fail(path, f"lists NFE {n} but has no tensor {keys[required]!r}")
+        present = {name: tensors[key] for name, key in keys.items() if key in tensors}
+        expected |= {keys[name] for name in present}
+        for name, value in present.items():
+            if not torch.isfinite(value).all():
+                _fail(path, f"tensor {keys[name]!r} holds NaN or inf")
+            want = {"sigmas": (n + 1,), "coordinate": (n + 1,), "d_corrections": (n, "K")}.get(name, (n,))
+            if value.ndim != len(want) or value.shape[0] != want[0] or (
+                    name == "d_corrections" and not 1 <= value.shape[1] <= HISTORY):
+                shape = "[N, K] with 1 <= K <= %d" % HISTORY if name == "d_corrections" else f"{list(want)}"
+                _fail(path, f"tensor {keys[name]!r} has shape {list(value.shape)}; for NFE {n} it must be {shape}")
+        sigmas = present["sigmas"]
+        positive = sigmas[:-1] if sigmas[-1] == 0 else sigmas
+        if len(positive) < 1 or not bool((sigmas[1:] < sigmas[:-1]).all()):
+            _fail(path, f"the NFE {n} sigmas are not strictly decreasing")
+        if positive[-1] < sigma_min * (1 - 1e-9) or positive[0] > sigma_max * (1 + 1e-9):
+            _fail(path, f"the NFE {n} sigmas leave the declared range [{sigma_min:g}, {sigma_max:g}]")
+        info = fits_info.get(str(n), {}) if isinstance(fits_info.get(str(n), {}), dict) else {}
+        fits[n] = FittedSteps(
+            **present, method=str(info.get("method", metadata.get("method", "learned"))),
+            held_out_rmse=_number(info.get("held_out_rmse")), base_held_out_rmse=_number(info.get("base_held_out_rmse")),
+            fit_seconds=_number(info.get("fit_seconds"), 0.0), rejected_steps=int(_number(info.get("rejected_steps"), 0)))
+    unknown = set(tensors) - expected
+    if unknown:
+        _fail(path, f"holds tensors this format does not define: {', '.join(sorted(unknown)[:5])}")
+    for key in OPTIONAL_METADATA:
+        if key in metadata:
+            provenance.setdefault("file", {})[key] = metadata[key]
+    return LearnedSolver(base=base, convention=convention, corrector=corrector == "true",
+                         method=metadata.get("method", "learned"), sigma_range=(sigma_min, sigma_max),
+                         fits=fits, provenance=provenance)
+
+
+def _number(value, default=float("nan")):
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def load_learned_solver(path):
+    """Read and validate a learned-solver file; raises ``LearnedSolverFileError`` on any problem."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            _fail(path, f"is {size:,} bytes; a learned-solver file is a few kilobytes (limit "
+                        f"{MAX_FILE_BYTES:,}), so this is some other kind of file")
+        with open(path, "rb") as handle:
+            blob = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        _fail(path, f"cannot be read ({err.strerror or err})")
+    return solver_from_bytes(blob, path)
+
+
+def read_metadata(path) -> dict:
+    """The string metadata of a learned-solver file (its header checked, tensors not read)."""
+    try:
+        with open(path, "rb") as handle:
+            blob = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        _fail(path, f"cannot be read ({err.strerror or err})")
+    return dict(read_header(blob, path).get("__metadata__", {}))
+
+
+__all__ = [
+    "EXTENSION",
+    "FORMAT_VERSION",
+    "LearnedSolverFileError",
+    "load_learned_solver",
+    "read_metadata",
+    "save_learned_solver",
+    "solver_from_bytes",
+]
