@@ -60,7 +60,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
             iterations: int = 300, batch_size: int = 8, lr: dict | None = None, loss: str = "l2",
             slack: float = 0.001, decoupled: bool = True, history: int = 3, rounds: int = 3,
             use_checkpoint="auto", dtype=None, extra_args=None, device="cpu", start=None,
-            progress=None, cancel=None) -> LearnedSolver:
+            teacher_batch_size: int = 16, provenance: dict | None = None, progress=None,
+            cancel=None) -> LearnedSolver:
     """Fit a few-step solver to ``model`` (a k-diffusion denoiser ``model(x, sigma, **extra_args)``).
 
     shape: one sample's shape, e.g. (4, 64, 64). sigma_min, sigma_max: the model's range (host
@@ -70,8 +71,11 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
     error reported). start: explicit start states [samples + validation, *shape] instead of
     seeded noise. use_checkpoint: recompute each model call in backward ("auto": when the model
     has parameters or runs on a GPU). dtype: autocast dtype for model calls.
-    progress(step, total, loss, held_out) after every iteration; cancel() before every
-    iteration and teacher batch: True (or an exception it raises) stops the fit.
+    teacher_batch_size: samples per teacher run. provenance: extra entries for the result's
+    provenance (e.g. the model's family and CFG). progress(step, total, loss, held_out) after
+    every teacher batch (loss and held_out NaN) and every iteration, ``total`` counting both;
+    cancel() before every iteration and teacher batch: True (or an exception it raises) stops
+    the fit.
     """
     nfes = sorted({int(n) for n in ([nfe] if isinstance(nfe, int) else nfe)})
     if method not in METHODS:
@@ -105,9 +109,15 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
     t_grid = teacher_grid(list(grids.values()), teacher_steps, convention, sigma_min)
     keep = sorted({float(s) for g in grids.values() for s in g[1:]}) if needs_states else []
     per_nfe = iterations
-    total = len(nfes) if method == "dode" else per_nfe * len(nfes)
+    teacher_batches = -(-start.shape[0] // teacher_batch_size)
+    total = teacher_batches + (len(nfes) if method == "dode" else per_nfe * len(nfes))
+    teacher_progress = None
+    if progress is not None:
+        def teacher_progress(done_samples, _):
+            progress(-(-done_samples // teacher_batch_size), total, float("nan"), float("nan"))
     teacher = record_teacher(call, start, t_grid, keep, base=teacher_base, convention=convention,
-                             extra_args=extra_args, cancel=cancel)
+                             extra_args=extra_args, batch_size=teacher_batch_size, progress=teacher_progress,
+                             cancel=cancel)
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
                                  "(and its dtype), or lower the CFG scale")
@@ -128,22 +138,23 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
             cheap = FittedSteps(sigmas=grids[n], coordinate=plain.coordinate, step_scales=scales, method="dode")
             candidates.append((rmse(call, teacher, held, cheap, **shared), cheap))
             if progress is not None and method == "dode":
-                progress(index + 1, total, float("nan"), candidates[-1][0])
+                progress(teacher_batches + index + 1, total, float("nan"), candidates[-1][0])
         gradient = dict(base=base, convention=convention, corrector=corrector, sigma_range=sigma_range,
                         batch_size=batch_size, lr=lr, loss=loss, slack=slack, history=history, seed=seed + n,
                         extra_args=extra_args, device=device, use_checkpoint=use_checkpoint,
                         progress=progress, cancel=cancel, total_steps=total)
         offsets = {"offsets"} if decoupled else set()
+        first_step = teacher_batches + index * per_nfe
         if method == "auto":
             init = min(candidates, key=lambda c: c[0])[1]
             learn = {"grid", "coefficients", "step_scales"} | offsets
             best, score, _, log = fit_gradient(call, teacher, init, learn, train, held, method="auto",
-                                               iterations=iterations, step_offset=index * per_nfe, **gradient)
+                                               iterations=iterations, step_offset=first_step, **gradient)
             candidates.append((score, best))
         elif method in ("ld3", "s4s"):
             learn = ({"grid"} | offsets) if method == "ld3" else {"coefficients"}
             best, score, _, log = fit_gradient(call, teacher, plain, learn, train, held, method=method,
-                                               iterations=iterations, step_offset=index * per_nfe, **gradient)
+                                               iterations=iterations, step_offset=first_step, **gradient)
             candidates.append((score, best))
         elif method == "s4s_alt":
             params = StudentParameters(plain, convention, history, corrector, sigma_min)
@@ -156,7 +167,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
                 length = chunk if round_index < 2 * rounds - 1 else iterations - done
                 best, score, params, part = fit_gradient(call, teacher, plain, block, train, held, method="s4s_alt",
                                                          iterations=length, params=params, keep=set(learned),
-                                                         step_offset=index * per_nfe + done, **gradient)
+                                                         step_offset=first_step + done, **gradient)
                 done += length
                 log["losses"] += part["losses"]
                 log["validation"] += part["validation"]
@@ -181,6 +192,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
         "shape": list(shape),
         "seconds": round(time.perf_counter() - began, 3),
         "package_version": __version__,
+        **(provenance or {}),
     }
     return LearnedSolver(base=base, convention=convention, corrector=corrector, method=method,
                          sigma_range=sigma_range, fits=fits, provenance=provenance)

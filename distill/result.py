@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -88,6 +89,79 @@ class LearnedSolver:
         """A k-diffusion sampler function with this fit's coefficients bound; pass it ``sigmas(nfe)``."""
         return functools.partial(sample_learned, **self.sampler_options(nfe))
 
+    def schedule(self, steps: int, denoise: float = 1.0, sigma_range=None) -> tuple:
+        """Sigmas [steps+1] for ``steps`` model calls, and a list of warnings (strings).
+
+        denoise < 1 returns the last ``steps + 1`` sigmas of the ``int(steps / denoise)``-step
+        grid, as ComfyUI's schedulers do. A step count that was not fitted is log-linearly
+        interpolated from the nearest fitted grid. ``sigma_range`` = (sigma_min, sigma_max) of
+        another model remaps the grid through its model-independent coordinate.
+        """
+        from ..schedules import loglinear_interp
+        from .grid import grid_coordinate, sigmas_from_coordinate
+
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a whole number >= 1; got {steps!r}")
+        if not 0 < denoise <= 1:
+            raise ValueError(f"denoise must be in (0, 1]; got {denoise}")
+        total = steps if denoise >= 1 else int(steps / denoise)
+        notes = []
+        if total in self.fits:
+            sigmas = self.fits[total].sigmas.clone()
+        else:
+            nearest = min(self.nfes, key=lambda n: (abs(n - total), -n))
+            source = self.fits[nearest].sigmas
+            final_zero = bool(source[-1] == 0)
+            positive = source[:-1] if final_zero else source
+            points = total if final_zero else total + 1
+            if len(positive) < 2 or points < 2:
+                raise ValueError(f"cannot interpolate the NFE {nearest} grid to {total} steps; fit {total} steps")
+            sigmas = loglinear_interp(positive, points - 1)
+            if final_zero:
+                sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+            notes.append(f"NFE {total} was not fitted (fitted: {self.nfes}); its grid is log-linearly "
+                         f"interpolated from NFE {nearest}, without the learned coefficients")
+        if sigma_range is not None and not _same_range(sigma_range, self.sigma_range):
+            coordinate = grid_coordinate(sigmas, self.sigma_range, self.convention)
+            sigmas = sigmas_from_coordinate(coordinate, sigma_range, self.convention)
+            sigmas[coordinate > 1 + 1e-9] = 0.0  # a final 0 stays 0
+            notes.append(f"this solver was fitted for sigmas {self.sigma_range[0]:.4g}..{self.sigma_range[1]:.4g}; "
+                         f"the grid is remapped to this model's {sigma_range[0]:.4g}..{sigma_range[1]:.4g} "
+                         f"through its grid coordinate, which is an approximation: distill for this model")
+        return sigmas[-(steps + 1):], notes
+
+    def options_for(self, sigmas) -> tuple:
+        """``sample_learned`` options for a given grid, and a list of warnings.
+
+        A grid with a fitted step count gets that fit's coefficients; a grid that is the tail
+        of a longer fitted grid (denoise < 1) gets the matching tail of its coefficients; any
+        other grid runs the plain base solver, with a warning.
+        """
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+        steps = len(sigmas) - 1
+        shared = {"base": self.base, "convention": self.convention, "corrector": self.corrector}
+        if steps in self.fits:
+            return {**shared, **self.fits[steps].options()}, []
+        for nfe in sorted(self.fits):
+            tail = self.fits[nfe].sigmas[-(steps + 1):]
+            if nfe > steps and torch.allclose(tail, sigmas, rtol=1e-4, atol=1e-7):
+                options = {name: value[nfe - steps:] for name, value in self.fits[nfe].options().items()}
+                return {**shared, **options}, []
+        return shared, [f"no fit for {steps} steps on this grid (fitted: {self.nfes}); sampling with the "
+                        f"plain {self.base} solver"]
+
+    def k_sampler(self, warn=warnings.warn):
+        """A k-diffusion sampler function that picks this solver's options from the sigmas it
+        is given (see ``options_for``); ``warn`` receives each warning text."""
+
+        def sample_learned_solver(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            options, notes = self.options_for(sigmas)
+            for note in notes:
+                warn(note)
+            return sample_learned(model, x, sigmas, extra_args, callback, disable, **options)
+
+        return sample_learned_solver
+
     def sample(self, model, x, nfe=None, extra_args=None, callback=None, disable=True):
         """Sample with the fitted grid and coefficients: x [B, ...] at sigmas[0] -> result."""
         return sample_learned(model, x, self.sigmas(nfe).to(x.device), extra_args, callback, disable,
@@ -102,3 +176,7 @@ class LearnedSolver:
             lines.append(f"{nfe:>4} {fit.method:<8} {fit.base_held_out_rmse:>10.4f} {fit.held_out_rmse:>10.4f} "
                          f"{ratio:>7.2f} {fit.fit_seconds:>7.1f}")
         return "\n".join(lines)
+
+
+def _same_range(a, b, rtol=1e-4) -> bool:
+    return all(abs(float(x) - float(y)) <= rtol * max(abs(float(y)), 1e-12) for x, y in zip(a, b))
