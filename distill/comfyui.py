@@ -1,0 +1,241 @@
+"""``distill`` on a ComfyUI MODEL with the user's conditioning and CFG (needs ComfyUI).
+
+ComfyUI runs every node under ``torch.inference_mode()`` and loads weights as inference
+tensors, which autograd cannot save. As core's LoRA trainer does, the fit leaves inference
+mode, works on a clone of the model patcher, and registers an identity weight wrapper on every
+weight and bias, so each forward uses an ordinary copy of the weights. The user's MODEL and
+conditioning are never modified: the clone is unloaded afterwards and the conditioning is
+copied.
+
+SD1.x/SDXL-style models (``ModelSamplingDiscrete``) map sigma to the nearest of their 1000
+training timesteps, which has no gradient. The fit therefore runs with a fractional timestep
+(log-sigma interpolated between the two neighbouring training steps, the exact inverse of
+ComfyUI's own ``sigma(t)``), and the finished grid and evaluation sigmas are moved onto the
+model's discrete sigmas, where ComfyUI's nearest-step lookup is exact (each moves by at most
+half a training step; the held-out error reported is the one measured before that move).
+Flow models (SD3, Flux, Wan) have continuous timesteps and need none of this.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+
+import torch
+
+from ..learned_samplers import half_log_snr, sigma_from_half_log_snr
+from .fit import start_noise_scale
+from .grid import grid_coordinate
+from .pipeline import distill, start_states
+from .result import FittedSteps
+
+
+class ModelFamilyError(ValueError):
+    """The model cannot be distilled here (unknown sampling type, or not a diffusion model)."""
+
+
+def model_facts(model) -> dict:
+    """What a learned solver records about the ComfyUI MODEL (a ModelPatcher) it was fitted on.
+
+    family: the model config's class (SD15, SDXL, Flux, ...); prediction: ComfyUI's model type
+    (EPS, V_PREDICTION, FLOW, ...); convention: "ve" or "flow"; sigma_min / sigma_max (host
+    units); shift where the sampling has one; discrete: sigma snaps to training timesteps.
+    """
+    import comfy.model_sampling
+
+    sampling = model.get_model_object("model_sampling")
+    base = model.model
+    if not hasattr(sampling, "sigma_min") or not hasattr(sampling, "timestep"):
+        raise ModelFamilyError("this MODEL has no model_sampling with sigma_min/timestep; it is not a "
+                               "diffusion model ComfyUI can sample, so there is nothing to distill")
+    flow = isinstance(sampling, comfy.model_sampling.CONST)
+    facts = {
+        "family": type(getattr(base, "model_config", None)).__name__,
+        "prediction": getattr(getattr(base, "model_type", None), "name", "unknown"),
+        "convention": "flow" if flow else "ve",
+        "sigma_min": float(sampling.sigma_min),
+        "sigma_max": float(sampling.sigma_max),
+        "discrete": isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) and not flow,
+    }
+    if hasattr(sampling, "shift"):
+        facts["shift"] = float(sampling.shift)
+    return facts
+
+
+def fingerprint(model) -> str:
+    """A short, stable id of the network: sha256 over its family, its config and a sample of
+    its weights (names, shapes and the first 64 values of 8 evenly spread tensors).
+    Reading a few hundred numbers costs nothing; patches (LoRAs) are not included."""
+    base = model.model
+    state = base.diffusion_model.state_dict() if hasattr(base, "diffusion_model") else base.state_dict()
+    names = sorted(state)
+    digest = hashlib.sha256()
+    config = getattr(getattr(base, "model_config", None), "unet_config", {})
+    digest.update(type(getattr(base, "model_config", None)).__name__.encode())
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(f"{len(names)}".encode())
+    picks = sorted({round(i * (len(names) - 1) / 7) for i in range(8)}) if names else []
+    for name in (names[i] for i in picks):
+        tensor = state[name]
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().flatten()[:64].to("cpu", torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _fractional_sampling(sampling):
+    """A copy of a ModelSamplingDiscrete whose ``timestep(sigma)`` is fractional and differentiable."""
+    log_sigmas = sampling.log_sigmas.detach().clone().float()
+
+    def timestep(self, sigma):
+        log_sigma = sigma.log().float()
+        table = log_sigmas.to(log_sigma.device)
+        upper = torch.searchsorted(table, log_sigma.detach().reshape(-1)).clamp(1, len(table) - 1)
+        lower = upper - 1
+        weight = (log_sigma.reshape(-1) - table[lower]) / (table[upper] - table[lower])
+        t = (lower.to(weight.dtype) + weight).clamp(0, len(table) - 1)
+        return t.reshape(sigma.shape).to(sigma.device)
+
+    fractional = copy.copy(sampling)
+    fractional.__class__ = type("Fractional" + type(sampling).__name__, (type(sampling),), {"timestep": timestep})
+    return fractional
+
+
+def snap_to_discrete(fit: FittedSteps, table, sigma_range, convention: str) -> FittedSteps:
+    """``fit`` with its sigmas and evaluation sigmas moved to the nearest of the model's discrete
+    ``table`` sigmas (a final 0 stays), so ComfyUI's nearest-timestep lookup is exact."""
+    table = torch.as_tensor(table, dtype=torch.float64).sort().values
+
+    def nearest(values):
+        logs = values.log()
+        index = (logs[:, None] - table.log()[None, :]).abs().argmin(dim=1)
+        return table[index]
+
+    positive = fit.sigmas[fit.sigmas > 0]
+    snapped = nearest(positive)
+    # neighbours that land on the same training step would repeat a sigma: keep them apart
+    for i in range(1, len(snapped)):
+        if snapped[i] >= snapped[i - 1]:
+            below = table[table < snapped[i - 1]]
+            snapped[i] = below[-1] if len(below) else snapped[i] * 0.5
+    sigmas = torch.cat([snapped, fit.sigmas[len(positive):]])
+    offsets = None
+    if fit.eval_offsets is not None:
+        evaluated = sigma_from_half_log_snr(half_log_snr(fit.sigmas[: len(fit.eval_offsets)], convention)
+                                            + fit.eval_offsets, convention)
+        on_table = nearest(evaluated)
+        offsets = half_log_snr(on_table, convention) - half_log_snr(sigmas[: len(fit.eval_offsets)], convention)
+    result = copy.copy(fit)
+    result.sigmas = sigmas
+    result.coordinate = grid_coordinate(sigmas, sigma_range, convention)
+    result.eval_offsets = offsets
+    return result
+
+
+def _copy_conditioning(conditioning):
+    """A deep copy of CONDITIONING whose tensors are ordinary (not inference) tensors."""
+    def copy_value(value):
+        if torch.is_tensor(value):
+            return value.clone()
+        if isinstance(value, dict):
+            return {k: copy_value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(copy_value(v) for v in value)
+        return value
+
+    return [copy_value(entry) for entry in conditioning]
+
+
+def _release(patcher):
+    """Unload our clone so the user's MODEL loads clean (no wrappers, no object patches) next time."""
+    import comfy.model_management as mm
+
+    for index in range(len(mm.current_loaded_models) - 1, -1, -1):
+        if mm.current_loaded_models[index].model is patcher:
+            mm.current_loaded_models.pop(index).model_unload()
+    patcher.detach(unpatch_all=True)
+    for module in patcher.model.modules():  # the wrappers live on the shared modules: take ours off
+        for attribute in ("weight_function", "bias_function"):
+            functions = getattr(module, attribute, None)
+            if functions:
+                setattr(module, attribute, [f for f in functions if f is not _identity])
+
+
+def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), method="auto", base="dpmpp_2m",
+                  teacher_steps=32, samples=24, validation=8, iterations=200, seed=0, init_sigmas="karras",
+                  batch_size=2, dtype=None, progress=None, cancel=None, **options):
+    """Distill a solver for a ComfyUI MODEL with its CFG guider; returns a ``LearnedSolver``.
+
+    latent: a LATENT dict; its first sample's shape [C, H, W] is the fitting shape. Other
+    keyword options go to ``distill``. progress / cancel as for ``distill``.
+    """
+    import comfy.model_management as mm
+    import comfy.sample
+    import comfy.samplers
+
+    facts = model_facts(model)
+    samples_tensor = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    shape = tuple(samples_tensor.shape[1:])
+    patcher = model.clone()
+    if facts["discrete"]:
+        patcher.add_object_patch("model_sampling", _fractional_sampling(model.get_model_object("model_sampling")))
+    result = {}
+
+    class DistillDriver(comfy.samplers.Sampler):
+        """Runs inside CFGGuider.sample, where ``model_wrap`` is the guider: a CFG denoiser."""
+
+        def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                   disable_pbar=False):
+            device = noise.device
+
+            def denoiser(x, sigma, **_):
+                return model_wrap(x, sigma, **extra_args)
+
+            denoiser.sigma_convention = facts["convention"]
+            start = start_states(shape, samples + validation, facts["sigma_max"], facts["convention"], seed,
+                                 device=device)
+            result["solver"] = distill(
+                denoiser, shape, sigma_min=facts["sigma_min"], sigma_max=facts["sigma_max"], nfe=nfe, method=method,
+                base=base, convention=facts["convention"], init_sigmas=init_sigmas, samples=samples,
+                validation=validation, seed=seed, teacher_steps=teacher_steps, iterations=iterations,
+                batch_size=batch_size, use_checkpoint=True, dtype=dtype, device=device, start=start,
+                teacher_batch_size=max(1, min(8, samples + validation)), progress=progress, cancel=cancel,
+                provenance={"model": {"family": facts["family"], "prediction": facts["prediction"],
+                                      "shift": facts.get("shift"), "fingerprint": fingerprint(model),
+                                      "cfg": float(cfg), "resolution": list(shape)}},
+                **options)
+            return torch.zeros_like(latent_image)
+
+    with torch.inference_mode(False), torch.enable_grad():
+        for name, module in patcher.model.named_modules():
+            if hasattr(module, "weight_function"):
+                for part in ("weight", "bias"):
+                    if getattr(module, part, None) is not None:
+                        patcher.add_weight_wrapper(f"{name}.{part}", _identity)
+        guider = comfy.samplers.CFGGuider(patcher)
+        guider.set_conds(_copy_conditioning(positive), _copy_conditioning(negative))
+        guider.set_cfg(cfg)
+        try:
+            mm.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+            zeros = torch.zeros((1,) + shape)
+            guider.sample(zeros, zeros, DistillDriver(),
+                          torch.tensor([facts["sigma_max"], 0.0]), seed=seed, disable_pbar=True)
+        finally:
+            _release(patcher)
+    solver = result["solver"]
+    if facts["discrete"]:
+        table = model.get_model_object("model_sampling").sigmas.detach().to("cpu", torch.float64)
+        for n, fit in solver.fits.items():
+            solver.fits[n] = snap_to_discrete(fit, table, solver.sigma_range, solver.convention)
+    solver.provenance["model"]["sigma_range"] = [facts["sigma_min"], facts["sigma_max"]]
+    if any(not math.isfinite(f.held_out_rmse) for f in solver.fits.values()):
+        raise FloatingPointError("the fit produced no finite held-out error; lower the CFG or the learning rate")
+    return solver
+
+
+def _identity(weight):
+    return weight
+
+
+__all__ = ["ModelFamilyError", "distill_model", "fingerprint", "model_facts", "snap_to_discrete"]
