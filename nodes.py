@@ -6,17 +6,42 @@ exist only when ComfyUI's ``comfy_api`` is importable.
 
 from __future__ import annotations
 
+import logging
+import os
+
+import torch
+
+from .distill import METHODS
 from .learned_samplers import BASE_SOLVERS, sample_learned
 
 try:
+    import comfy.model_management
     import comfy.samplers
-    from comfy_api.latest import ComfyExtension, io
+    import comfy.utils
+    import folder_paths
+    from comfy_api.latest import ComfyExtension, io, ui
 except ImportError:  # not running inside ComfyUI
     io = None
 
-CATEGORY = "sampling/custom_sampling/samplers"
+CATEGORY = "sampling/custom_sampling/learned"
+log = logging.getLogger("learned_solvers")
 
 if io is not None:
+    from .distill.comfyui import distill_model, model_facts, sigmas_for_model
+    from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
+    from .schedules import comfyui as library
+    from .schedules.plot import image_tensor, solver_figure
+
+    LearnedSolverSocket = io.Custom("LEARNED_SOLVER")
+
+    def _learned_sampler(solver):
+        return comfy.samplers.KSAMPLER(solver.k_sampler(warn=log.warning))
+
+    def _save(solver, name, metadata=None):
+        path = library.new_file_path(library.register_folder(folder_paths), name)
+        save_learned_solver(solver, path, metadata)
+        library.register_schedulers(comfy.samplers, folder_paths)
+        return path
 
     class SolverFamilySampler(io.ComfyNode):
         """One base solver of the package's solver family as a SAMPLER."""
@@ -50,9 +75,210 @@ if io is not None:
                 options["corrector"] = corrector == "on"
             return io.NodeOutput(comfy.samplers.KSAMPLER(sample_learned, extra_options=options))
 
+    class DistillSampler(io.ComfyNode):
+        """Fit a few-step solver to the loaded model, prompt and CFG."""
+
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return io.Schema(
+                node_id="LSDistillSampler",
+                display_name="Distill Sampler",
+                category=CATEGORY,
+                description=(
+                    "Runs a many-step teacher on your model with your prompt and CFG, then fits the "
+                    "time grid and solver coefficients of a few-step sampler to land where the teacher "
+                    "lands. Saves the result to models/learned_solvers."
+                ),
+                inputs=[
+                    io.Model.Input("model", tooltip="The model to fit for; it is not modified."),
+                    io.Conditioning.Input("positive", tooltip="The prompt the fit samples with."),
+                    io.Conditioning.Input("negative", tooltip="The negative prompt (used when cfg > 1)."),
+                    io.Latent.Input("latent_image", tooltip="Sets the size and channels the fit runs at "
+                                                            "(an Empty Latent Image is enough)."),
+                    io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                                   tooltip="The CFG scale; schedules are specific to it, so use the one you "
+                                           "sample with."),
+                    io.String.Input("nfe", default="4",
+                                    tooltip="Model calls per image, one or more: '4' or '4, 6, 8'. One teacher "
+                                            "run serves them all."),
+                    io.Combo.Input("method", options=list(METHODS), default="auto",
+                                   tooltip="auto: D-ODE first (seconds), then grid and coefficients by "
+                                           "gradient (recommended). ld3: time grid only. dode: one scalar "
+                                           "per step, no backprop. s4s: coefficients. s4s_alt: both, "
+                                           "alternating."),
+                    io.Combo.Input("base", options=list(BASE_SOLVERS), default="dpmpp_2m",
+                                   tooltip="The classical solver the learned one starts from."),
+                    io.Int.Input("teacher_steps", default=32, min=8, max=200,
+                                 tooltip="Steps of the reference (teacher) run; more is more accurate "
+                                         "and slower."),
+                    io.Int.Input("samples", default=24, min=2, max=512,
+                                 tooltip="Noise seeds the fit learns from (another 8 are held out to "
+                                         "check it)."),
+                    io.Int.Input("iterations", default=200, min=0, max=5000,
+                                 tooltip="Gradient steps per NFE (0: D-ODE only)."),
+                    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                                 tooltip="Seeds the noises and the fit; the same seed gives the same result."),
+                    io.String.Input("filename", default="learned_solver",
+                                    tooltip="Saved as models/learned_solvers/<filename>.safetensors (a number "
+                                            "is added if taken); empty: do not save."),
+                ],
+                outputs=[
+                    LearnedSolverSocket.Output(display_name="learned_solver"),
+                    io.Sampler.Output(display_name="sampler"),
+                    io.Sigmas.Output(display_name="sigmas", tooltip="The grid of the first NFE."),
+                    io.Image.Output(display_name="plot", tooltip="The learned grid against karras/exponential/"
+                                                                 "AYS, and the loss curves."),
+                ],
+                is_output_node=True,
+            )
+
+        @classmethod
+        def execute(cls, model, positive, negative, latent_image, cfg, nfe, method, base, teacher_steps, samples,
+                    iterations, seed, filename) -> io.NodeOutput:
+            nfes = library.parse_nfes(nfe)
+            bar = {}
+
+            def progress(step, total, loss, held_out):
+                if "bar" not in bar:
+                    bar["bar"] = comfy.utils.ProgressBar(total)
+                bar["bar"].update_absolute(step, total)
+
+            def cancel():
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                return False
+
+            try:
+                solver = distill_model(model, positive, negative, latent_image, cfg, nfe=nfes, method=method,
+                                       base=base, teacher_steps=teacher_steps, samples=samples,
+                                       iterations=iterations, seed=seed, progress=progress, cancel=cancel)
+            except torch.OutOfMemoryError as err:
+                comfy.model_management.soft_empty_cache(True)
+                raise MemoryError(
+                    "Distill Sampler ran out of GPU memory. Fit at a smaller latent size (the schedule "
+                    "transfers to larger images), lower 'samples', or free other models first."
+                ) from err
+            saved = _save(solver, filename) if filename.strip() else None
+            facts = model_facts(model)
+            first = solver.nfes[0]
+            figure = solver_figure(solver, first, reference_schedules(first, facts["sigma_min"], facts["sigma_max"]))
+            text = solver.summary() + (f"\nsaved {os.path.basename(saved)}" if saved else "")
+            return io.NodeOutput(solver, _learned_sampler(solver), solver.sigmas(first).float(), image_tensor(figure),
+                                 ui=ui.PreviewText(text))
+
+    class LearnedSampler(io.ComfyNode):
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return io.Schema(
+                node_id="LSLearnedSampler",
+                display_name="Learned Sampler",
+                category=CATEGORY,
+                description="The learned solver as a SAMPLER for SamplerCustom / SamplerCustomAdvanced. Pair it "
+                            "with Learned Sigmas: its coefficients belong to the learned grid.",
+                inputs=[LearnedSolverSocket.Input("learned_solver", tooltip="From Distill Sampler or Load "
+                                                                            "Learned Solver.")],
+                outputs=[io.Sampler.Output()],
+            )
+
+        @classmethod
+        def execute(cls, learned_solver) -> io.NodeOutput:
+            return io.NodeOutput(_learned_sampler(learned_solver))
+
+    class LearnedSigmas(io.ComfyNode):
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return io.Schema(
+                node_id="LSLearnedSigmas",
+                display_name="Learned Sigmas",
+                category=CATEGORY,
+                description="The learned time grid as SIGMAS for this model. A step count that was not fitted "
+                            "is interpolated, another model's sigma range is remapped (both with a warning).",
+                inputs=[
+                    io.Model.Input("model", tooltip="The model to sample; its sigma range is used."),
+                    LearnedSolverSocket.Input("learned_solver", tooltip="From Distill Sampler or Load Learned "
+                                                                        "Solver."),
+                    io.Int.Input("steps", default=4, min=1, max=1000, tooltip="Model calls (NFE)."),
+                    io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Below 1: the tail of a longer grid, as the core schedulers do."),
+                ],
+                outputs=[io.Sigmas.Output()],
+            )
+
+        @classmethod
+        def execute(cls, model, learned_solver, steps, denoise) -> io.NodeOutput:
+            if denoise <= 0:
+                return io.NodeOutput(learned_solver.sigmas(learned_solver.nfes[0])[:0].float())
+            sigmas, notes = sigmas_for_model(learned_solver, model, steps, denoise)
+            for note in notes:
+                log.warning("Learned Sigmas: %s", note)
+            return io.NodeOutput(sigmas.float())
+
+    class LoadLearnedSolver(io.ComfyNode):
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return io.Schema(
+                node_id="LSLoadLearnedSolver",
+                display_name="Load Learned Solver",
+                category=CATEGORY,
+                description="A learned-solver file from models/learned_solvers, or a shipped preset; the file is "
+                            "validated before use.",
+                inputs=[io.Combo.Input("solver_name", options=library.solver_choices(folder_paths),
+                                       tooltip="Files in models/learned_solvers, then the shipped presets.")],
+                outputs=[LearnedSolverSocket.Output(display_name="learned_solver")],
+            )
+
+        @classmethod
+        def fingerprint_inputs(cls, solver_name):
+            path = library.solver_path(folder_paths, solver_name)
+            return os.path.getmtime(path) if os.path.exists(path) else float("nan")
+
+        @classmethod
+        def execute(cls, solver_name) -> io.NodeOutput:
+            path = library.solver_path(folder_paths, solver_name)
+            solver = load_learned_solver(path)
+            metadata = read_metadata(path)
+            text = solver.summary() + "".join(f"\n{key}: {metadata[key]}" for key in
+                                              ("model_family", "cfg", "author", "description", "license")
+                                              if key in metadata)
+            return io.NodeOutput(solver, ui=ui.PreviewText(text))
+
+    class SaveLearnedSolver(io.ComfyNode):
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return io.Schema(
+                node_id="LSSaveLearnedSolver",
+                display_name="Save Learned Solver",
+                category=CATEGORY,
+                description="Writes the learned solver to models/learned_solvers as a safetensors file (no "
+                            "prompt or workflow inside) to share.",
+                inputs=[
+                    LearnedSolverSocket.Input("learned_solver"),
+                    io.String.Input("filename", default="learned_solver",
+                                    tooltip="Name inside models/learned_solvers; a number is added if taken."),
+                    io.String.Input("author", default="", optional=True, tooltip="Stored in the file."),
+                    io.String.Input("description", default="", optional=True, tooltip="Stored in the file."),
+                    io.String.Input("license", default="", optional=True, tooltip="Stored in the file, e.g. "
+                                                                                   "CC-BY-4.0."),
+                ],
+                outputs=[],
+                is_output_node=True,
+            )
+
+        @classmethod
+        def execute(cls, learned_solver, filename, author="", description="", license="") -> io.NodeOutput:
+            metadata = {k: v for k, v in {"author": author, "description": description, "license": license}.items()
+                        if v}
+            path = _save(learned_solver, filename, metadata)
+            return io.NodeOutput(ui=ui.PreviewText(f"saved {os.path.basename(path)}"))
+
+    NODES = [DistillSampler, LearnedSampler, LearnedSigmas, LoadLearnedSolver, SaveLearnedSolver,
+             SolverFamilySampler]
+
     class LearnedSolversExtension(ComfyExtension):
         async def get_node_list(self) -> list[type[io.ComfyNode]]:
-            return [SolverFamilySampler]
+            # ComfyUI 0.3.64 calls only this, once, when it loads the pack: register here
+            library.register_folder(folder_paths)
+            library.register_schedulers(comfy.samplers, folder_paths)
+            return NODES
 
 
 def extension():

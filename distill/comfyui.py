@@ -238,4 +238,17 @@ def _identity(weight):
     return weight
 
 
-__all__ = ["ModelFamilyError", "distill_model", "fingerprint", "model_facts", "snap_to_discrete"]
+__all__ = ["ModelFamilyError", "distill_model", "fingerprint", "model_facts", "sigmas_for_model", "snap_to_discrete"]
+
+
+def sigmas_for_model(solver, model, steps: int, denoise: float = 1.0):
+    """The solver's sigmas [steps + 1] for a ComfyUI MODEL, and warnings (remap, interpolation).
+
+    A solver fitted for a flow model on an eps/v model (or the reverse) is refused: its grid
+    and coefficients describe a different ODE."""
+    facts = model_facts(model)
+    if facts["convention"] != solver.convention:
+        kinds = {"ve": "an eps/v-prediction model (SD1.x, SDXL)", "flow": "a flow model (SD3, Flux, Wan)"}
+        raise ModelFamilyError(f"this learned solver was fitted for {kinds[solver.convention]}, but the MODEL is "
+                               f"{kinds[facts['convention']]}; distill one for this model")
+    return solver.schedule(int(steps), float(denoise), sigma_range=(facts["sigma_min"], facts["sigma_max"]))

@@ -52,6 +52,9 @@ def _same(a: float, b: float) -> bool:
     return abs(a - b) <= SAME_SIGMA * max(abs(a), abs(b))
 
 
+SPACING_LIMIT = 8.0  # |lambda| beyond which extra teacher points are not spread (t = 0.9997)
+
+
 def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | None = None) -> torch.Tensor:
     """A grid of about ``steps`` model calls that contains every point of ``student_grids``.
 
@@ -80,7 +83,9 @@ def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | 
     intervals = len(positive) - 1
     budget = steps - (1 if final_zero else 0)
     if intervals > 0:
-        lam = half_log_snr(positive, convention)
+        # flow t = 1 has lambda = -inf (clamped far out): spacing there would pile every point
+        # against t = 1, so points are placed within +-SPACING_LIMIT (student points stay exact)
+        lam = half_log_snr(positive, convention).clamp(-SPACING_LIMIT, SPACING_LIMIT)
         lengths = lam[1:] - lam[:-1]
         share = lengths / lengths.sum() * max(budget, intervals)
         counts = share.round().clamp(min=1).long()

@@ -118,3 +118,13 @@ def sd15_schedules() -> dict:
         "time-uniform": lambda n: time_uniform(n, table, final_zero=True),
         "ays": lambda n: align_your_steps(n),
     }
+
+
+def reference_schedules(steps: int, sigma_min: float, sigma_max: float) -> dict:
+    """Built-in grids to draw a learned one against: karras and exponential on the model's
+    range, and AYS's SD1.5 table when the range is SD1.5's."""
+    grids = {"karras": karras(steps, sigma_min, sigma_max, final_zero=True),
+             "exponential": exponential(steps, sigma_min, sigma_max, final_zero=True)}
+    if abs(sigma_max - AYS_SD1[0]) < 1e-3 * AYS_SD1[0] and abs(sigma_min - AYS_SD1[-1]) < 1e-2 * AYS_SD1[-1]:
+        grids["ays (SD1.5)"] = align_your_steps(steps)
+    return grids

@@ -102,3 +102,64 @@ def stack_vertically(images, pad: int = 8):
         canvas.paste(picture, ((width - picture.width) // 2, y))
         y += picture.height + pad
     return canvas
+
+
+def plot_curve(series: dict, title: str = "", size=(640, 260), log_scale: bool = True):
+    """Lines over their own index (name -> list of (x, y) or of y), e.g. loss curves."""
+    Image, ImageDraw = _pil()
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 60, width - 150, 30, height - 30
+    points = {}
+    for name, values in series.items():
+        pairs = [(float(v[0]), float(v[1])) if isinstance(v, (tuple, list)) else (float(i), float(v))
+                 for i, v in enumerate(values)]
+        pairs = [(x, y) for x, y in pairs if math.isfinite(y) and (y > 0 or not log_scale)]
+        if pairs:
+            points[name] = pairs
+    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+    draw.text((left, 8), title, fill=(0, 0, 0))
+    if not points:
+        draw.text((left + 10, top + 10), "nothing to plot", fill=(0, 0, 0))
+        return image
+    transform = (lambda y: math.log10(y)) if log_scale else (lambda y: y)
+    xs = [x for p in points.values() for x, _ in p]
+    ys = [transform(y) for p in points.values() for _, y in p]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+    for label, y in ((y0, y0), (y1, y1)):
+        text = f"{10 ** label:.3g}" if log_scale else f"{label:.3g}"
+        draw.text((4, bottom - (bottom - top) * (y - y0) / (y1 - y0) - 6), text, fill=(0, 0, 0))
+    draw.text((left, bottom + 6), f"{x0:g}", fill=(0, 0, 0))
+    draw.text((right - 30, bottom + 6), f"{x1:g}", fill=(0, 0, 0))
+    for number, (name, pairs) in enumerate(points.items()):
+        colour = COLOURS[number % len(COLOURS)]
+        xy = [(left + (right - left) * (x - x0) / (x1 - x0), bottom - (bottom - top) * (transform(y) - y0) / (y1 - y0))
+              for x, y in pairs]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        else:
+            draw.ellipse([xy[0][0] - 3, xy[0][1] - 3, xy[0][0] + 3, xy[0][1] + 3], fill=colour)
+        draw.line([right + 12, top + 10 + 18 * number, right + 32, top + 10 + 18 * number], fill=colour, width=3)
+        draw.text((right + 38, top + 4 + 18 * number), name, fill=(0, 0, 0))
+    return image
+
+
+def solver_figure(solver, nfe: int, references: dict):
+    """The learned grid of ``nfe`` against ``references`` (name -> sigmas) above the fit's
+    training-loss and validation-RMSE curves; a PIL image."""
+    fit = solver.fits[nfe]
+    grids = {f"learned ({fit.method})": fit.sigmas, **references}
+    title = (f"NFE {nfe}, {solver.base}: held-out RMSE {fit.held_out_rmse:.4g} "
+             f"(base {fit.base_held_out_rmse:.4g})")
+    curves = {"training loss": fit.losses, "validation RMSE": fit.validation}
+    return stack_vertically([plot_grids(grids, title), plot_curve(curves, "fit")])
+
+
+def image_tensor(picture) -> torch.Tensor:
+    """A PIL image as a ComfyUI IMAGE: float [1, H, W, 3] in 0..1."""
+    import numpy
+
+    pixels = numpy.asarray(picture.convert("RGB"), dtype=numpy.float32) / 255.0
+    return torch.from_numpy(pixels.copy())[None]

@@ -1,0 +1,149 @@
+"""Learned-solver files inside ComfyUI: the ``models/learned_solvers`` folder, presets, saving,
+and scheduler entries for the plain KSampler node.
+
+Everything that needs ComfyUI takes its modules as arguments or imports them lazily, so the
+logic is tested without ComfyUI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from .files import EXTENSION, LearnedSolverFileError, load_learned_solver
+
+FOLDER = "learned_solvers"
+PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+PRESET_PREFIX = "preset: "
+SCHEDULER_PREFIX = "learned: "
+log = logging.getLogger("learned_solvers")
+
+
+def parse_nfes(text) -> list:
+    """'4, 6' -> [4, 6]; each a step count from 2 to 100 (one teacher serves them all)."""
+    if isinstance(text, int):
+        text = str(text)
+    parts = [p for p in re.split(r"[,\s]+", str(text).strip()) if p]
+    try:
+        values = sorted({int(p) for p in parts})
+    except ValueError:
+        raise ValueError(f"NFE must be whole numbers separated by commas, e.g. '4' or '4, 6'; got {text!r}") from None
+    if not values or values[0] < 2 or values[-1] > 100:
+        raise ValueError(f"each NFE must be between 2 and 100; got {text!r}")
+    return values
+
+
+def register_folder(folder_paths) -> str:
+    """Register ``models/learned_solvers`` with ComfyUI's ``folder_paths`` (keeping paths a user
+    set in extra_model_paths.yaml), create it, and return it."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    os.makedirs(default, exist_ok=True)
+    paths, _ = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+    paths = list(paths) + ([default] if default not in paths else [])
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, {EXTENSION})
+    return default
+
+
+def preset_files() -> dict:
+    """Shipped presets: display name -> path."""
+    if not os.path.isdir(PRESETS):
+        return {}
+    return {PRESET_PREFIX + name: os.path.join(PRESETS, name)
+            for name in sorted(os.listdir(PRESETS)) if name.endswith(EXTENSION)}
+
+
+def solver_choices(folder_paths) -> list:
+    """The Load Learned Solver dropdown: the user's files, then the presets."""
+    return list(folder_paths.get_filename_list(FOLDER)) + list(preset_files())
+
+
+def solver_path(folder_paths, choice: str) -> str:
+    """The file behind a dropdown entry; raises LearnedSolverFileError naming what is missing."""
+    presets = preset_files()
+    if choice in presets:
+        return presets[choice]
+    path = folder_paths.get_full_path(FOLDER, choice)
+    if path is None:
+        raise LearnedSolverFileError(f"{choice}: not found in models/{FOLDER}; press R to refresh the list or "
+                                     f"put the file there")
+    return path
+
+
+def new_file_path(folder: str, name: str) -> str:
+    """A free path for ``name`` (subfolders allowed, no escaping ``folder``): name.safetensors,
+    or name_00001.safetensors, ... when it is taken."""
+    name = name.strip().replace("\\", "/")
+    if name.endswith(EXTENSION):
+        name = name[: -len(EXTENSION)]
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts) or not all(re.fullmatch(r"[\w\-. ]+", p) for p in parts):
+        raise ValueError(f"file name {name!r} must be letters, digits, '-', '_', '.', spaces and '/' for subfolders")
+    stem = os.path.join(folder, *parts)
+    candidate, counter = stem + EXTENSION, 0
+    while os.path.exists(candidate):
+        counter += 1
+        candidate = f"{stem}_{counter:05d}{EXTENSION}"
+    return candidate
+
+
+# ---------------------------------------------------------------------------------------------
+# KSampler scheduler entries
+
+def scheduler_name(filename: str) -> str:
+    return SCHEDULER_PREFIX + (filename[: -len(EXTENSION)] if filename.endswith(EXTENSION) else filename)
+
+
+def schedule_for_model(path: str, model_sampling, steps: int):
+    """Sigmas [steps + 1] of a learned-solver file for a model's ``model_sampling`` (its sigma
+    range remaps the grid when it differs; warnings go to the log)."""
+    solver = load_learned_solver(path)
+    sigma_range = (float(model_sampling.sigma_min), float(model_sampling.sigma_max))
+    sigmas, notes = solver.schedule(int(steps), sigma_range=sigma_range)
+    for note in notes:
+        log.warning("%s: %s", os.path.basename(path), note)
+    return sigmas.float()
+
+
+def register_schedulers(samplers_module, folder_paths) -> list:
+    """Add one KSampler scheduler per file in ``models/learned_solvers`` (``learned: <name>``),
+    appended to ComfyUI's ``SCHEDULER_NAMES`` and ``SCHEDULER_HANDLERS``; entries whose file is
+    gone stay registered (saved workflows keep validating) and fail with a clear message.
+    Returns the names added now. Call again after saving a file to refresh."""
+    handlers = getattr(samplers_module, "SCHEDULER_HANDLERS", None)
+    names = getattr(samplers_module, "SCHEDULER_NAMES", None)
+    if handlers is None or names is None:
+        log.warning("this ComfyUI has no SCHEDULER_HANDLERS; learned schedules are only available through "
+                    "the Learned Sigmas node")
+        return []
+    added = []
+    for filename in folder_paths.get_filename_list(FOLDER):
+        name = scheduler_name(filename)
+        if name in handlers:
+            continue
+
+        def handler(model_sampling, steps, filename=filename):
+            path = folder_paths.get_full_path(FOLDER, filename)
+            if path is None:
+                raise LearnedSolverFileError(f"{filename}: the learned schedule's file is no longer in "
+                                             f"models/{FOLDER}")
+            return schedule_for_model(path, model_sampling, steps)
+
+        handlers[name] = samplers_module.SchedulerHandler(handler, use_ms=True)
+        names.append(name)
+        added.append(name)
+    return added
+
+
+__all__ = [
+    "FOLDER",
+    "new_file_path",
+    "parse_nfes",
+    "preset_files",
+    "register_folder",
+    "register_schedulers",
+    "schedule_for_model",
+    "scheduler_name",
+    "solver_choices",
+    "solver_path",
+]

@@ -1,0 +1,44 @@
+"""Tiny models built through ComfyUI's own classes (random weights), and matching conditioning.
+
+Imported only after ``comfyui_env.import_comfyui()``; also used by the test node pack that the
+real-server tests load.
+"""
+
+import torch
+
+TINY_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 1], "channel_mult": [1, 2], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 32, "num_heads": 2, "num_head_channels": -1,
+    "transformer_depth_output": [1, 1, 1, 1],
+}
+
+
+def tiny_model(kind: str = "eps", seed: int = 0):
+    """A ModelPatcher around an SD1.5-architecture UNet (1M parameters): ``eps`` with SD1.5's
+    discrete schedule, or ``flow`` (ComfyUI's FLOW model type, ModelSamplingDiscreteFlow)."""
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(dict(TINY_UNET))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():  # as a ComfyUI loader node creates weights
+        if kind == "eps":
+            model = config.get_model({})
+        elif kind == "flow":
+            model = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.FLOW)
+        else:
+            raise ValueError(kind)
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=gen) * 0.05)
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def tiny_conditioning(seed: int = 1):
+    """(positive, negative) CONDITIONING for ``tiny_model``: [1, 4 tokens, 32] each."""
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, 4, 32, generator=gen), {}]], [[torch.zeros(1, 4, 32), {}]]

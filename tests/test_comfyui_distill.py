@@ -1,0 +1,140 @@
+"""The Distill Sampler and learned-solver nodes inside ComfyUI, on tiny models built through
+ComfyUI's own classes. Needs COMFYUI_PATH (skipped otherwise, with the reason)."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfyui_env import import_comfyui
+
+import_comfyui()
+
+import comfy.model_management  # noqa: E402
+import comfy.samplers  # noqa: E402
+import folder_paths  # noqa: E402
+import nodes as comfy_nodes  # noqa: E402
+
+from comfyui_models import tiny_conditioning, tiny_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(cfg=3.0, nfe="3, 4", method="auto", base="dpmpp_2m", teacher_steps=12, samples=6, iterations=6,
+             seed=0)
+
+
+@pytest.fixture(scope="module")
+def pack():
+    assert asyncio.run(comfy_nodes.load_custom_node(str(ROOT)))
+    return comfy_nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture()
+def models_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "learned_solvers", ([], set()))
+    folder_paths.filename_list_cache.clear()
+    return tmp_path / "learned_solvers"
+
+
+def run(node, **inputs):
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        return node.execute(**inputs)
+
+
+def model_state(patcher):
+    return ({k: v.clone() for k, v in patcher.model.state_dict().items()}, dict(patcher.patches),
+            dict(patcher.object_patches), dict(patcher.weight_wrapper_patches))
+
+
+@pytest.mark.parametrize("kind", ["eps", "flow"])
+def test_distill_node_fits_saves_and_leaves_the_model_alone(pack, models_dir, kind):
+    model = tiny_model(kind)
+    positive, negative = tiny_conditioning()
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    before = model_state(model)
+    out = run(pack["LSDistillSampler"], model=model, positive=positive, negative=negative, latent_image=latent,
+              filename="tiny", **SMALL)
+    solver, sampler, sigmas, plot = out.result
+    assert solver.nfes == [3, 4] and solver.convention == ("flow" if kind == "flow" else "ve")
+    assert isinstance(sampler, comfy.samplers.KSAMPLER)
+    assert len(sigmas) == 4 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
+    assert plot.ndim == 4 and plot.shape[-1] == 3 and 0 <= float(plot.min()) and float(plot.max()) <= 1
+    for nfe in solver.nfes:
+        fit = solver.fits[nfe]
+        assert fit.held_out_rmse <= fit.base_held_out_rmse
+    if kind == "eps":  # moved onto the model's discrete sigmas, where ComfyUI's timestep lookup is exact
+        table = model.get_model_object("model_sampling").sigmas.double()
+        for value in solver.sigmas(4)[:-1]:
+            assert (table - value).abs().min() <= 1e-6 * value
+    after = model_state(model)
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert before[1:] == after[1:]
+    leftovers = [n for n, m in model.model.named_modules() if getattr(m, "weight_function", None)
+                 or getattr(m, "bias_function", None)]
+    assert leftovers == []
+    saved = sorted(p.name for p in models_dir.iterdir())
+    assert saved == ["tiny.safetensors"]
+
+    # the file loads back through Load Learned Solver and gives the same sigmas
+    folder_paths.filename_list_cache.clear()
+    loaded = run(pack["LSLoadLearnedSolver"], solver_name="tiny.safetensors").result[0]
+    for nfe in solver.nfes:
+        assert torch.equal(loaded.sigmas(nfe), solver.sigmas(nfe))
+    learned_sigmas = run(pack["LSLearnedSigmas"], model=model, learned_solver=loaded, steps=4, denoise=1.0).result[0]
+    torch.testing.assert_close(learned_sigmas, solver.sigmas(4).float())
+    tail = run(pack["LSLearnedSigmas"], model=model, learned_solver=loaded, steps=2, denoise=0.5).result[0]
+    torch.testing.assert_close(tail, solver.sigmas(4)[-3:].float())
+
+    # and it became a KSampler scheduler
+    name = "learned: tiny"
+    assert name in comfy.samplers.SCHEDULER_NAMES
+    sampling = model.get_model_object("model_sampling")
+    torch.testing.assert_close(comfy.samplers.calculate_sigmas(sampling, name, 4), solver.sigmas(4).float())
+
+
+def test_learned_sampler_samples_through_the_core_sampling_path(pack, models_dir):
+    import comfy.sample
+
+    model = tiny_model("eps")
+    positive, negative = tiny_conditioning()
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    solver = run(pack["LSDistillSampler"], model=model, positive=positive, negative=negative, latent_image=latent,
+                 filename="", **SMALL).result[0]
+    assert not models_dir.exists() or list(models_dir.iterdir()) == []  # empty name: nothing saved
+    sampler = run(pack["LSLearnedSampler"], learned_solver=solver).result[0]
+    sigmas = run(pack["LSLearnedSigmas"], model=model, learned_solver=solver, steps=4, denoise=1.0).result[0]
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        out = comfy.sample.sample_custom(model, noise, 3.0, sampler, sigmas, positive, negative, latent["samples"],
+                                         disable_pbar=True, seed=3)
+    assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
+
+
+def test_a_flow_file_on_an_eps_model_is_refused_clearly(pack, models_dir):
+    flow = tiny_model("flow")
+    positive, negative = tiny_conditioning()
+    solver = run(pack["LSDistillSampler"], model=flow, positive=positive, negative=negative,
+                 latent_image={"samples": torch.zeros(1, 4, 8, 8)}, filename="",
+                 **{**SMALL, "nfe": "3", "method": "dode"}).result[0]
+    with pytest.raises(ValueError, match="fitted for a flow model"):
+        run(pack["LSLearnedSigmas"], model=tiny_model("eps"), learned_solver=solver, steps=3, denoise=1.0)
+
+
+def test_cancel_mid_distill_leaves_no_file(pack, models_dir, monkeypatch):
+    calls = []
+
+    def interrupt_after_a_few():
+        calls.append(1)
+        if len(calls) > 3:
+            raise comfy.model_management.InterruptProcessingException()
+
+    monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", interrupt_after_a_few)
+    model = tiny_model("eps")
+    positive, negative = tiny_conditioning()
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        run(pack["LSDistillSampler"], model=model, positive=positive, negative=negative,
+            latent_image={"samples": torch.zeros(1, 4, 8, 8)}, filename="cancelled", **SMALL)
+    assert not models_dir.exists() or list(models_dir.iterdir()) == []
+    leftovers = [n for n, m in model.model.named_modules() if getattr(m, "weight_function", None)]
+    assert leftovers == []
