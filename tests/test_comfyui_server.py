@@ -1,0 +1,189 @@
+"""The pack in a real ComfyUI server (``main.py --cpu`` on loopback), driven over HTTP.
+
+Needs COMFYUI_PATH (skipped otherwise, with the reason). The server runs from a temporary base
+directory whose custom_nodes folder links this pack and a test-only pack of tiny models.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from comfyui_env import SKIP_REASON
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFYUI = os.environ.get("COMFYUI_PATH")
+if not COMFYUI:
+    pytest.skip(SKIP_REASON, allow_module_level=True)
+
+NODES = ["LSDistillSampler", "LSLearnedSampler", "LSLearnedSigmas", "LSLoadLearnedSolver", "LSSaveLearnedSolver",
+         "LSSolverFamilySampler"]
+SITE = """
+import importlib.abc, importlib.machinery, importlib.util, sys, types
+if importlib.util.find_spec("torchvision") is None:  # ComfyUI imports it at start-up only
+    class Placeholder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path, target=None):
+            if name == "torchvision" or name.startswith("torchvision."):
+                return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        def create_module(self, spec):
+            module = types.ModuleType(spec.name)
+            module.__path__ = []
+            module.__getattr__ = lambda attr: (_ for _ in ()).throw(AttributeError(attr)) if attr.startswith("__") \\
+                else types.SimpleNamespace()
+            return module
+        def exec_module(self, module):
+            pass
+    sys.meta_path.append(Placeholder())
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base: Path):
+        self.base, self.port = base, free_port()
+        (base / "custom_nodes").mkdir(parents=True)
+        (base / "custom_nodes" / "learned_solvers_pack").symlink_to(ROOT, target_is_directory=True)
+        (base / "custom_nodes" / "ls_test_pack").symlink_to(ROOT / "tests" / "comfyui_test_pack",
+                                                            target_is_directory=True)
+        (base / "site").mkdir()
+        (base / "site" / "sitecustomize.py").write_text(SITE)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(base / "site"), os.environ.get("PYTHONPATH", "")])}
+        self.log = open(base / "server.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--base-directory", str(base), "--disable-auto-launch"],
+            cwd=COMFYUI, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("ComfyUI exited:\n" + (base / "server.log").read_text()[-3000:])
+            try:
+                self.get("/system_stats")
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("ComfyUI did not start:\n" + (base / "server.log").read_text()[-3000:])
+
+    def get(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path, body):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read()
+            return json.loads(text) if text else None
+
+    def run(self, prompt, timeout=120):
+        """Queue ``prompt`` and wait for its history entry."""
+        prompt_id = self.post("/prompt", {"prompt": prompt})["prompt_id"]
+        return self.wait(prompt_id, timeout)
+
+    def wait(self, prompt_id, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            if prompt_id in history and history[prompt_id].get("status", {}).get("status_str") == "error":
+                return history[prompt_id]
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("comfyui"))
+    yield server
+    server.stop()
+
+
+def distill_prompt(kind, filename, iterations=20, nfe="4"):
+    return {
+        "1": {"class_type": "LSTestTinyModel", "inputs": {"kind": kind}},
+        "2": {"class_type": "LSTestTinyConditioning", "inputs": {}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "LSDistillSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1], "latent_image": ["3", 0], "cfg": 3.0,
+            "nfe": nfe, "method": "auto", "base": "dpmpp_2m", "teacher_steps": 16, "samples": 8,
+            "iterations": iterations, "seed": 0, "filename": filename}},
+        "5": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}},
+        "6": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1],
+                                                    "cfg": 3.0}},
+        "7": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["5", 0], "guider": ["6", 0],
+                                                                "sampler": ["4", 1], "sigmas": ["4", 2],
+                                                                "latent_image": ["3", 0]}},
+        "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": f"latents/{kind}"}},
+        "9": {"class_type": "LSTestSigmasAsText", "inputs": {"sigmas": ["4", 2]}},
+    }
+
+
+def load_prompt(kind, filename):
+    return {
+        "1": {"class_type": "LSTestTinyModel", "inputs": {"kind": kind}},
+        "2": {"class_type": "LSLoadLearnedSolver", "inputs": {"solver_name": filename}},
+        "3": {"class_type": "LSLearnedSigmas", "inputs": {"model": ["1", 0], "learned_solver": ["2", 0], "steps": 4,
+                                                          "denoise": 1.0}},
+        "4": {"class_type": "LSTestSigmasAsText", "inputs": {"sigmas": ["3", 0]}},
+    }
+
+
+def test_object_info_lists_every_node_with_its_inputs(server):
+    info = server.get("/object_info")
+    for node in NODES:
+        assert node in info, node
+    distill = info["LSDistillSampler"]["input"]["required"]
+    for name in ("model", "positive", "negative", "latent_image", "cfg", "nfe", "method", "base", "teacher_steps",
+                 "samples", "iterations", "seed", "filename"):
+        assert name in distill, name
+    assert info["LSDistillSampler"]["output"] == ["LEARNED_SOLVER", "SAMPLER", "SIGMAS", "IMAGE"]
+
+
+@pytest.mark.parametrize("kind", ["eps", "flow"])
+def test_distill_then_sample_then_load_back(server, kind):
+    began = time.time()
+    entry = server.run(distill_prompt(kind, f"server_{kind}"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert time.time() - began < 120
+    fitted = json.loads(entry["outputs"]["9"]["text"][0])
+    assert len(fitted) == 5 and fitted[-1] == 0
+    assert (server.base / "models" / "learned_solvers" / f"server_{kind}.safetensors").is_file()
+    assert list((server.base / "output" / "latents").glob(f"{kind}*.latent"))
+
+    entry = server.run(load_prompt(kind, f"server_{kind}.safetensors"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert json.loads(entry["outputs"]["4"]["text"][0]) == fitted
+
+
+def test_cancel_mid_distill_leaves_no_file_and_the_next_prompt_runs(server):
+    prompt_id = server.post("/prompt", {"prompt": distill_prompt("eps", "cancelled", iterations=5000)})["prompt_id"]
+    deadline = time.time() + 60
+    while time.time() < deadline and not server.get("/queue")["queue_running"]:
+        time.sleep(0.2)
+    time.sleep(3)  # into the teacher or the fit
+    server.post("/interrupt", {})
+    entry = server.wait(prompt_id, timeout=60)
+    assert entry["status"]["status_str"] == "error"
+    assert not list((server.base / "models" / "learned_solvers").glob("cancelled*"))
+    entry = server.run(distill_prompt("eps", "after"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
