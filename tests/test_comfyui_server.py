@@ -159,6 +159,11 @@ def test_object_info_lists_every_node_with_its_inputs(server):
     assert info["LSDistillSampler"]["output"] == ["LEARNED_SOLVER", "SAMPLER", "SIGMAS", "IMAGE"]
 
 
+def test_example_workflows_are_served_as_templates(server):
+    templates = server.get("/workflow_templates")
+    assert sorted(templates["learned_solvers_pack"]) == ["distill_then_sample", "load_shared_solver_then_sample"]
+
+
 @pytest.mark.parametrize("kind", ["eps", "flow"])
 def test_distill_then_sample_then_load_back(server, kind):
     began = time.time()
