@@ -27,7 +27,7 @@ CATEGORY = "sampling/custom_sampling/learned"
 log = logging.getLogger("learned_solvers")
 
 if io is not None:
-    from .distill.comfyui import distill_model, model_facts, sigmas_for_model
+    from .distill.comfyui import distill_model, sigmas_for_model
     from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
     from .schedules import comfyui as library
     from .schedules.plot import image_tensor, solver_figure
@@ -158,9 +158,8 @@ if io is not None:
                     "transfers to larger images), lower 'samples', or free other models first."
                 ) from err
             saved = _save(solver, filename) if filename.strip() else None
-            facts = model_facts(model)
             first = solver.nfes[0]
-            figure = solver_figure(solver, first, reference_schedules(first, facts["sigma_min"], facts["sigma_max"]))
+            figure = solver_figure(solver, first, reference_schedules(first, *solver.sigma_range))
             text = solver.summary() + (f"\nsaved {os.path.basename(saved)}" if saved else "")
             return io.NodeOutput(solver, _learned_sampler(solver), solver.sigmas(first).float(), image_tensor(figure),
                                  ui=ui.PreviewText(text))
@@ -206,7 +205,7 @@ if io is not None:
         @classmethod
         def execute(cls, model, learned_solver, steps, denoise) -> io.NodeOutput:
             if denoise <= 0:
-                return io.NodeOutput(learned_solver.sigmas(learned_solver.nfes[0])[:0].float())
+                return io.NodeOutput(torch.zeros(0))  # nothing to denoise, as core schedulers return
             sigmas, notes = sigmas_for_model(learned_solver, model, steps, denoise)
             for note in notes:
                 log.warning("Learned Sigmas: %s", note)

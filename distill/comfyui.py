@@ -26,9 +26,8 @@ import math
 import torch
 
 from ..learned_samplers import half_log_snr, sigma_from_half_log_snr
-from .fit import start_noise_scale
 from .grid import grid_coordinate
-from .pipeline import distill, start_states
+from .pipeline import distill
 from .result import FittedSteps
 
 
@@ -193,14 +192,12 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
                 return model_wrap(x, sigma, **extra_args)
 
             denoiser.sigma_convention = facts["convention"]
-            start = start_states(shape, samples + validation, facts["sigma_max"], facts["convention"], seed,
-                                 device=device)
             result["solver"] = distill(
                 denoiser, shape, sigma_min=facts["sigma_min"], sigma_max=facts["sigma_max"], nfe=nfe, method=method,
                 base=base, convention=facts["convention"], init_sigmas=init_sigmas, samples=samples,
                 validation=validation, seed=seed, teacher_steps=teacher_steps, iterations=iterations,
-                batch_size=batch_size, use_checkpoint=True, dtype=dtype, device=device, start=start,
-                teacher_batch_size=max(1, min(8, samples + validation)), progress=progress, cancel=cancel,
+                batch_size=batch_size, use_checkpoint=True, dtype=dtype, device=device,
+                teacher_batch_size=8, progress=progress, cancel=cancel,
                 provenance={"model": {"family": facts["family"], "prediction": facts["prediction"],
                                       "shift": facts.get("shift"), "fingerprint": fingerprint(model),
                                       "cfg": float(cfg), "resolution": list(shape)}},
@@ -238,7 +235,6 @@ def _identity(weight):
     return weight
 
 
-__all__ = ["ModelFamilyError", "distill_model", "fingerprint", "model_facts", "sigmas_for_model", "snap_to_discrete"]
 
 
 def sigmas_for_model(solver, model, steps: int, denoise: float = 1.0):
@@ -252,3 +248,6 @@ def sigmas_for_model(solver, model, steps: int, denoise: float = 1.0):
         raise ModelFamilyError(f"this learned solver was fitted for {kinds[solver.convention]}, but the MODEL is "
                                f"{kinds[facts['convention']]}; distill one for this model")
     return solver.schedule(int(steps), float(denoise), sigma_range=(facts["sigma_min"], facts["sigma_max"]))
+
+
+__all__ = ["ModelFamilyError", "distill_model", "fingerprint", "model_facts", "sigmas_for_model", "snap_to_discrete"]

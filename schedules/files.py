@@ -276,29 +276,28 @@ def _number(value, default=float("nan")):
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
-def load_learned_solver(path):
-    """Read and validate a learned-solver file; raises ``LearnedSolverFileError`` on any problem."""
-    path = os.fspath(path)
+def _read_bytes(path) -> bytes:
+    """The file's bytes, refusing anything larger than a learned solver can be before reading it."""
     try:
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
             _fail(path, f"is {size:,} bytes; a learned-solver file is a few kilobytes (limit "
                         f"{MAX_FILE_BYTES:,}), so this is some other kind of file")
         with open(path, "rb") as handle:
-            blob = handle.read(MAX_FILE_BYTES + 1)
+            return handle.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         _fail(path, f"cannot be read ({err.strerror or err})")
-    return solver_from_bytes(blob, path)
+
+
+def load_learned_solver(path):
+    """Read and validate a learned-solver file; raises ``LearnedSolverFileError`` on any problem."""
+    path = os.fspath(path)
+    return solver_from_bytes(_read_bytes(path), path)
 
 
 def read_metadata(path) -> dict:
     """The string metadata of a learned-solver file (its header checked, tensors not read)."""
-    try:
-        with open(path, "rb") as handle:
-            blob = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as err:
-        _fail(path, f"cannot be read ({err.strerror or err})")
-    return dict(read_header(blob, path).get("__metadata__", {}))
+    return dict(read_header(_read_bytes(path), path).get("__metadata__", {}))
 
 
 __all__ = [

@@ -42,6 +42,12 @@ class _TorchvisionPlaceholder(importlib.abc.MetaPathFinder, importlib.abc.Loader
         pass
 
 
+def install_torchvision_placeholder():
+    """Let ``import torchvision`` succeed (as an empty module) where it is not installed."""
+    if importlib.util.find_spec("torchvision") is None:
+        sys.meta_path.append(_TorchvisionPlaceholder())
+
+
 def import_comfyui():
     """Put ComfyUI on sys.path (CPU mode) and return its root, or skip the calling module."""
     root = os.environ.get("COMFYUI_PATH")
@@ -52,8 +58,7 @@ def import_comfyui():
                     allow_module_level=True)
     if root not in sys.path:
         sys.path.insert(0, root)
-    if importlib.util.find_spec("torchvision") is None:
-        sys.meta_path.append(_TorchvisionPlaceholder())
+    install_torchvision_placeholder()
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True

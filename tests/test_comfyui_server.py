@@ -24,23 +24,9 @@ if not COMFYUI:
 
 NODES = ["LSDistillSampler", "LSLearnedSampler", "LSLearnedSigmas", "LSLoadLearnedSolver", "LSSaveLearnedSolver",
          "LSSolverFamilySampler"]
-SITE = """
-import importlib.abc, importlib.machinery, importlib.util, sys, types
-if importlib.util.find_spec("torchvision") is None:  # ComfyUI imports it at start-up only
-    class Placeholder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path, target=None):
-            if name == "torchvision" or name.startswith("torchvision."):
-                return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        def create_module(self, spec):
-            module = types.ModuleType(spec.name)
-            module.__path__ = []
-            module.__getattr__ = lambda attr: (_ for _ in ()).throw(AttributeError(attr)) if attr.startswith("__") \\
-                else types.SimpleNamespace()
-            return module
-        def exec_module(self, module):
-            pass
-    sys.meta_path.append(Placeholder())
-"""
+TESTS = Path(__file__).resolve().parent
+# ComfyUI imports torchvision at start-up only; the server gets the same placeholder as in-process tests
+SITE = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import comfyui_env; comfyui_env.install_torchvision_placeholder()\n"
 
 
 def free_port():
