@@ -12,6 +12,7 @@ import os
 import torch
 
 from .distill import METHODS
+from .distill.comfyui import MEMORY_MODES
 from .learned_samplers import BASE_SOLVERS, sample_learned
 
 try:
@@ -121,6 +122,11 @@ if io is not None:
                     io.String.Input("filename", default="learned_solver",
                                     tooltip="Saved as models/learned_solvers/<filename>.safetensors (a number "
                                             "is added if taken); empty: do not save."),
+                    io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto", optional=True,
+                                   tooltip="How the gradient steps bound GPU memory. 'model calls': recompute "
+                                           "each model call in backward. 'blocks': also each block inside it "
+                                           "(much less memory, about 35% slower). auto: blocks for SDXL and "
+                                           "larger, model calls for SD1.x."),
                 ],
                 outputs=[
                     LearnedSolverSocket.Output(display_name="learned_solver"),
@@ -134,7 +140,7 @@ if io is not None:
 
         @classmethod
         def execute(cls, model, positive, negative, latent_image, cfg, nfe, method, base, teacher_steps, samples,
-                    iterations, seed, filename) -> io.NodeOutput:
+                    iterations, seed, filename, memory="auto") -> io.NodeOutput:
             nfes = library.parse_nfes(nfe)
             bar = {}
 
@@ -150,12 +156,13 @@ if io is not None:
             try:
                 solver = distill_model(model, positive, negative, latent_image, cfg, nfe=nfes, method=method,
                                        base=base, teacher_steps=teacher_steps, samples=samples,
-                                       iterations=iterations, seed=seed, progress=progress, cancel=cancel)
+                                       iterations=iterations, seed=seed, memory=memory, progress=progress,
+                                       cancel=cancel)
             except torch.OutOfMemoryError as err:
                 comfy.model_management.soft_empty_cache(True)
                 raise MemoryError(
-                    "Distill Sampler ran out of GPU memory. Fit at a smaller latent size (the schedule "
-                    "transfers to larger images), lower 'samples', or free other models first."
+                    "Distill Sampler ran out of GPU memory. Set memory to 'blocks', fit at a smaller latent "
+                    "size (the schedule transfers to larger images), or free other models first."
                 ) from err
             saved = _save(solver, filename) if filename.strip() else None
             first = solver.nfes[0]

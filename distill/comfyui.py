@@ -18,6 +18,7 @@ Flow models (SD3, Flux, Wan) have continuous timesteps and need none of this.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -26,9 +27,15 @@ import math
 import torch
 
 from ..learned_samplers import half_log_snr, sigma_from_half_log_snr
+from .fit import checkpointed_blocks
 from .grid import grid_coordinate
 from .pipeline import distill
 from .result import FittedSteps
+
+
+MEMORY_MODES = ("auto", "model calls", "blocks")
+# SDXL (4.8 GiB in bf16) and larger get block checkpointing under "auto"; SD1.5 (1.6 GiB) does not
+LARGE_MODEL_BYTES = 3 * 1024 ** 3
 
 
 class ModelFamilyError(ValueError):
@@ -161,19 +168,41 @@ def _release(patcher):
                 setattr(module, attribute, [f for f in functions if f is not _identity])
 
 
+def memory_plan(model, memory: str = "auto") -> dict:
+    """How ``distill_model`` bounds memory for ``model``: the mode ("model calls" or "blocks"),
+    the samples per run without gradients, and D-ODE's sample cap.
+
+    "model calls": each model call of the unrolled student is recomputed in backward, so a
+    gradient step holds one call's activations. "blocks": each block inside that call is
+    recomputed too, so a step holds one block's activations (about one more forward per call),
+    and runs without gradients take 2 samples at a time. "auto": "blocks" for models of
+    ``LARGE_MODEL_BYTES`` or more (SDXL, SD3, Flux, Wan), "model calls" below (SD1.x).
+    """
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
+    if memory == "auto":
+        memory = "blocks" if model.model_size() >= LARGE_MODEL_BYTES else "model calls"
+    if memory == "blocks":
+        return {"memory": "blocks", "inference_batch_size": 2, "dode_samples": 4}
+    return {"memory": "model calls", "inference_batch_size": 8, "dode_samples": None}
+
+
 def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), method="auto", base="dpmpp_2m",
                   teacher_steps=32, samples=24, validation=8, iterations=200, seed=0, init_sigmas="karras",
-                  batch_size=2, dtype=None, progress=None, cancel=None, **options):
+                  batch_size=2, memory="auto", dtype=None, progress=None, cancel=None, **options):
     """Distill a solver for a ComfyUI MODEL with its CFG guider; returns a ``LearnedSolver``.
 
-    latent: a LATENT dict; its first sample's shape [C, H, W] is the fitting shape. Other
-    keyword options go to ``distill``. progress / cancel as for ``distill``.
+    latent: a LATENT dict; its first sample's shape [C, H, W] is the fitting shape. batch_size:
+    samples per gradient step (each is a CFG pair through the model unless cfg is 1). memory:
+    one of MEMORY_MODES (``memory_plan``). Other keyword options go to ``distill``.
+    progress / cancel as for ``distill``.
     """
     import comfy.model_management as mm
     import comfy.sample
     import comfy.samplers
 
     facts = model_facts(model)
+    plan = memory_plan(model, memory)
     samples_tensor = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     shape = tuple(samples_tensor.shape[1:])
     patcher = model.clone()
@@ -197,27 +226,28 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
                 base=base, convention=facts["convention"], init_sigmas=init_sigmas, samples=samples,
                 validation=validation, seed=seed, teacher_steps=teacher_steps, iterations=iterations,
                 batch_size=batch_size, use_checkpoint=True, dtype=dtype, device=device,
-                teacher_batch_size=8, progress=progress, cancel=cancel,
+                inference_batch_size=plan["inference_batch_size"], dode_samples=plan["dode_samples"],
+                progress=progress, cancel=cancel,
                 provenance={"model": {"family": facts["family"], "prediction": facts["prediction"],
                                       "shift": facts.get("shift"), "fingerprint": fingerprint(model),
-                                      "cfg": float(cfg), "resolution": list(shape)}},
+                                      "cfg": float(cfg), "resolution": list(shape)},
+                            "memory": plan["memory"], "batch_size": batch_size},
                 **options)
             return torch.zeros_like(latent_image)
 
     with torch.inference_mode(False), torch.enable_grad():
-        for name, module in patcher.model.named_modules():
-            if hasattr(module, "weight_function"):
-                for part in ("weight", "bias"):
-                    if getattr(module, part, None) is not None:
-                        patcher.add_weight_wrapper(f"{name}.{part}", _identity)
+        _ordinary_weights(patcher)
         guider = comfy.samplers.CFGGuider(patcher)
         guider.set_conds(_copy_conditioning(positive), _copy_conditioning(negative))
         guider.set_cfg(cfg)
+        blocks = (checkpointed_blocks(patcher.model.diffusion_model) if plan["memory"] == "blocks"
+                  else contextlib.nullcontext())
         try:
             mm.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
             zeros = torch.zeros((1,) + shape)
-            guider.sample(zeros, zeros, DistillDriver(),
-                          torch.tensor([facts["sigma_max"], 0.0]), seed=seed, disable_pbar=True)
+            with blocks:
+                guider.sample(zeros, zeros, DistillDriver(),
+                              torch.tensor([facts["sigma_max"], 0.0]), seed=seed, disable_pbar=True)
         finally:
             _release(patcher)
     solver = result["solver"]
@@ -235,6 +265,31 @@ def _identity(weight):
     return weight
 
 
+def _ordinary_weights(patcher):
+    """Make every weight of the clone's network usable by autograd, without touching the user's.
+
+    ComfyUI's cast layers (``comfy.ops``) copy a weight that has a weight function on each use,
+    so an identity wrapper suffices for them (no second copy of the model is kept). Tensors
+    outside those layers (Flux's RMSNorm scales, learned embeddings of other families) get
+    an ordinary copy as an object patch, which the unpatch puts back."""
+    covered = set()
+    for name, module in patcher.model.named_modules():
+        if hasattr(module, "weight_function"):
+            for part in ("weight", "bias"):
+                if getattr(module, part, None) is not None:
+                    patcher.add_weight_wrapper(f"{name}.{part}", _identity)
+                    covered.add(f"{name}.{part}")
+    network = patcher.model.diffusion_model
+    for kind, tensors in (("parameter", network.named_parameters()), ("buffer", network.named_buffers())):
+        for name, tensor in tensors:
+            key = f"diffusion_model.{name}"
+            if key in covered or not tensor.is_inference():
+                continue
+            copy_ = tensor.clone()
+            patcher.add_object_patch(key, torch.nn.Parameter(copy_, requires_grad=False) if kind == "parameter"
+                                     else copy_)
+
+
 
 
 def sigmas_for_model(solver, model, steps: int, denoise: float = 1.0):
@@ -250,4 +305,4 @@ def sigmas_for_model(solver, model, steps: int, denoise: float = 1.0):
     return solver.schedule(int(steps), float(denoise), sigma_range=(facts["sigma_min"], facts["sigma_max"]))
 
 
-__all__ = ["ModelFamilyError", "distill_model", "fingerprint", "model_facts", "sigmas_for_model", "snap_to_discrete"]
+__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "ModelFamilyError", "distill_model", "memory_plan", "fingerprint", "model_facts", "sigmas_for_model", "snap_to_discrete"]

@@ -16,6 +16,7 @@ Each method is a subset of ``sample_learned``'s options:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -61,18 +62,65 @@ def checkpointed_model(model):
     return call
 
 
+def network_blocks(module: torch.nn.Module) -> list:
+    """The outermost submodules of ``module`` that are not plain containers (ModuleList,
+    Sequential, ModuleDict): a UNet's res/attention blocks, a DiT's transformer blocks."""
+    containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
+    blocks = []
+    for child in module.children():
+        if isinstance(child, containers):
+            blocks += network_blocks(child)
+        else:
+            blocks.append(child)
+    return blocks
+
+
+@contextlib.contextmanager
+def checkpointed_blocks(module: torch.nn.Module):
+    """Within the context, every block of ``module`` (``network_blocks``) keeps only its inputs
+    when gradients are recorded and recomputes its activations in backward.
+
+    Inside a checkpointed model call this bounds a backward pass to one block's activations
+    instead of one whole network call's, for about one more forward per call. Calls without
+    gradients run unchanged. The blocks' own ``forward`` is restored on exit, also after an error.
+    """
+    patched = []
+    for block in network_blocks(module):
+        own = block.__dict__.get("forward")  # an instance-level forward set by someone else stays theirs
+        forward = block.forward
+
+        def recomputed(*args, _forward=forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = recomputed
+        patched.append((block, own))
+    try:
+        yield len(patched)
+    finally:
+        for block, own in patched:
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own
+
+
 # ---------------------------------------------------------------------------------------------
 # D-ODE: closed form, one scalar per step.
 
 def fit_step_scales(model, teacher, sigmas, indices, *, base, convention, corrector=False,
-                    extra_args=None, max_scale: float = 1.0):
+                    extra_args=None, max_scale: float = 1.0, max_samples: int | None = None, device=None):
     """Per-step D-ODE scales [N] by least squares against the teacher's states, greedily.
 
     At step i the student's next state is ``x_base + d_i * direction_i`` (linear in d_i), so
     d_i = <direction, target - x_base> / <direction, direction> over every value of every
     training sample, clamped to +-max_scale; the student then continues from the corrected
-    state. ``indices``: the training samples of ``teacher``.
+    state. ``indices``: the training samples of ``teacher``; all of them go through the model
+    at once, so ``max_samples`` caps them where memory is short (the first ones are used).
+    device: where the model runs (default: where the teacher's start states are).
     """
+    indices = indices[:max_samples] if max_samples else indices
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
     targets = [teacher.state_at(float(s))[indices] for s in sigmas[1:]]
     scales = torch.zeros(len(sigmas) - 1, dtype=torch.float64)
@@ -86,7 +134,7 @@ def fit_step_scales(model, teacher, sigmas, indices, *, base, convention, correc
             scales[i] = ((g * residual).sum() / denominator).clamp(-max_scale, max_scale)
         return x_next + scales[i].to(x_next.dtype) * direction
 
-    start = teacher.start[indices]
+    start = teacher.start[indices].to(device or teacher.start.device)
     with torch.no_grad():
         sample_learned(model, start, sigmas.to(start.dtype), extra_args, None, True, base=base,
                        convention=convention, corrector=corrector, step_hook=solve)
@@ -190,7 +238,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
                  slack=0.001, history=3, eval_every=10, seed=0, extra_args=None, device=None,
                  use_checkpoint=False, max_rejections=10, progress=None, cancel=None,
                  params: StudentParameters | None = None, step_offset=0, total_steps=None,
-                 decay_to: float = 0.1, keep: set | None = None):
+                 decay_to: float = 0.1, keep: set | None = None, eval_batch_size: int = 64):
     """Backpropagate through the unrolled student; returns (best FittedSteps, its validation
     RMSE, params, log).
 
@@ -199,7 +247,8 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     snapshot by validation RMSE is returned and ``params`` are left at it (the initial state
     counts, so the fit never ends worse on the validation samples than it started). lr: peak
     Adam rates per group (defaults ``DEFAULT_LR`` x (4 / N)^2), decayed by a cosine to
-    ``decay_to`` x the peak over the iterations; a rejected step halves the peaks. slack: LD3's soft-slack radius factor: each training
+    ``decay_to`` x the peak over the iterations; a rejected step halves the peaks.
+    eval_batch_size: samples per validation run (no gradients). slack: LD3's soft-slack radius factor: each training
     sample's start noise may move inside a ball of radius slack * d / N^2 (d = values per sample,
     in units of the unit noise) to where the student follows the teacher best; 0 turns it off.
     """
@@ -239,7 +288,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     def validate():
         snap = params.snapshot(keep, method, convention, sigma_range)
         return snap, rmse(model, teacher, validation, snap, base=base, convention=convention,
-                          corrector=corrector, extra_args=extra_args, device=device)
+                          corrector=corrector, extra_args=extra_args, device=device, batch_size=eval_batch_size)
 
     best, best_rmse = validate()
     best_state = copy.deepcopy(params.state_dict())
@@ -315,7 +364,9 @@ __all__ = [
     "METHODS",
     "StudentParameters",
     "autocast_model",
+    "checkpointed_blocks",
     "checkpointed_model",
+    "network_blocks",
     "fit_gradient",
     "fit_step_scales",
     "rmse",

@@ -60,8 +60,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
             iterations: int = 300, batch_size: int = 8, lr: dict | None = None, loss: str = "l2",
             slack: float = 0.001, decoupled: bool = True, history: int = 3, rounds: int = 3,
             use_checkpoint="auto", dtype=None, extra_args=None, device="cpu", start=None,
-            teacher_batch_size: int = 16, provenance: dict | None = None, progress=None,
-            cancel=None) -> LearnedSolver:
+            inference_batch_size: int = 16, dode_samples: int | None = None, provenance: dict | None = None,
+            progress=None, cancel=None) -> LearnedSolver:
     """Fit a few-step solver to ``model`` (a k-diffusion denoiser ``model(x, sigma, **extra_args)``).
 
     shape: one sample's shape, e.g. (4, 64, 64). sigma_min, sigma_max: the model's range (host
@@ -71,7 +71,9 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
     error reported). start: explicit start states [samples + validation, *shape] instead of
     seeded noise. use_checkpoint: recompute each model call in backward ("auto": when the model
     has parameters or runs on a GPU). dtype: autocast dtype for model calls.
-    teacher_batch_size: samples per teacher run. provenance: extra entries for the result's
+    inference_batch_size: samples per model run without gradients (teacher, validation), the
+    bound on memory outside the gradient steps. dode_samples: training samples D-ODE's least
+    squares uses (they go through the model at once; None: all). provenance: extra entries for the result's
     provenance (e.g. the model's family and CFG). progress(step, total, loss, held_out) after
     every teacher batch (loss and held_out NaN) and every iteration, ``total`` counting both;
     cancel() before every iteration and teacher batch: True (or an exception it raises) stops
@@ -109,14 +111,14 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
     t_grid = teacher_grid(list(grids.values()), teacher_steps, convention, sigma_min)
     keep = sorted({float(s) for g in grids.values() for s in g[1:]}) if needs_states else []
     per_nfe = iterations
-    teacher_batches = -(-start.shape[0] // teacher_batch_size)
+    teacher_batches = -(-start.shape[0] // inference_batch_size)
     total = teacher_batches + (len(nfes) if method == "dode" else per_nfe * len(nfes))
     teacher_progress = None
     if progress is not None:
         def teacher_progress(done_samples, _):
-            progress(-(-done_samples // teacher_batch_size), total, float("nan"), float("nan"))
+            progress(-(-done_samples // inference_batch_size), total, float("nan"), float("nan"))
     teacher = record_teacher(call, start, t_grid, keep, base=teacher_base, convention=convention,
-                             extra_args=extra_args, batch_size=teacher_batch_size, progress=teacher_progress,
+                             extra_args=extra_args, batch_size=inference_batch_size, progress=teacher_progress,
                              cancel=cancel)
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
@@ -124,7 +126,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
     order = torch.arange(samples + validation)
     train, held = order[:samples], order[samples:]
     sigma_range = (float(sigma_min), float(sigma_max))
-    shared = dict(base=base, convention=convention, corrector=corrector, extra_args=extra_args, device=device)
+    shared = dict(base=base, convention=convention, corrector=corrector, extra_args=extra_args, device=device,
+                  batch_size=inference_batch_size)
     fits = {}
     for index, n in enumerate(nfes):
         fit_began = time.perf_counter()
@@ -134,7 +137,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
         log = {"losses": [], "validation": [], "rejected": 0}
         if method in ("auto", "dode"):
             scales = fit_step_scales(call, teacher, grids[n], train, base=base, convention=convention,
-                                     corrector=corrector, extra_args=extra_args)
+                                     corrector=corrector, extra_args=extra_args, max_samples=dode_samples,
+                                     device=device)
             cheap = FittedSteps(sigmas=grids[n], coordinate=plain.coordinate, step_scales=scales, method="dode")
             candidates.append((rmse(call, teacher, held, cheap, **shared), cheap))
             if progress is not None and method == "dode":
@@ -142,7 +146,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), metho
         gradient = dict(base=base, convention=convention, corrector=corrector, sigma_range=sigma_range,
                         batch_size=batch_size, lr=lr, loss=loss, slack=slack, history=history, seed=seed + n,
                         extra_args=extra_args, device=device, use_checkpoint=use_checkpoint,
-                        progress=progress, cancel=cancel, total_steps=total)
+                        progress=progress, cancel=cancel, total_steps=total, eval_batch_size=inference_batch_size)
         offsets = {"offsets"} if decoupled else set()
         first_step = teacher_batches + index * per_nfe
         if method == "auto":

@@ -15,18 +15,29 @@ TINY_UNET = {
 }
 
 
+TINY_FLUX = {
+    "image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16, "vec_in_dim": 16,
+    "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+    "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": True,
+}
+
+
 def tiny_model(kind: str = "eps", seed: int = 0):
-    """A ModelPatcher around an SD1.5-architecture UNet (1M parameters): ``eps`` with SD1.5's
-    discrete schedule, or ``flow`` (ComfyUI's FLOW model type, ModelSamplingDiscreteFlow)."""
+    """A ModelPatcher around a tiny network built by ComfyUI's own classes: ``eps``, an
+    SD1.5-architecture UNet (1M parameters) with SD1.5's discrete schedule; ``flow``, the same
+    UNet as ComfyUI's FLOW model type (ModelSamplingDiscreteFlow); ``flux``, a Flux DiT (one
+    double and one single block; its RMSNorm scales are plain parameters, outside ComfyUI's
+    cast layers) with ModelSamplingFlux."""
     import comfy.model_base
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
-    config = comfy.supported_models.SD15(dict(TINY_UNET))
+    config = (comfy.supported_models.Flux(dict(TINY_FLUX)) if kind == "flux"
+              else comfy.supported_models.SD15(dict(TINY_UNET)))
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():  # as a ComfyUI loader node creates weights
-        if kind == "eps":
+        if kind in ("eps", "flux"):
             model = config.get_model({})
         elif kind == "flow":
             model = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.FLOW)
@@ -38,7 +49,13 @@ def tiny_model(kind: str = "eps", seed: int = 0):
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
-def tiny_conditioning(seed: int = 1):
-    """(positive, negative) CONDITIONING for ``tiny_model``: [1, 4 tokens, 32] each."""
+def tiny_conditioning(seed: int = 1, kind: str = "eps"):
+    """(positive, negative) CONDITIONING for ``tiny_model(kind)``: [1, 4 tokens, 32] each, and for
+    ``flux`` a pooled vector [1, 16] and the embedded guidance."""
     gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(1, 4, 32, generator=gen), {}]], [[torch.zeros(1, 4, 32), {}]]
+    positive, negative = torch.randn(1, 4, 32, generator=gen), torch.zeros(1, 4, 32)
+    if kind != "flux":
+        return [[positive, {}]], [[negative, {}]]
+    pooled = torch.randn(1, 16, generator=gen)
+    return ([[positive, {"pooled_output": pooled, "guidance": 3.5}]],
+            [[negative, {"pooled_output": torch.zeros(1, 16), "guidance": 3.5}]])

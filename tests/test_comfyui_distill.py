@@ -47,16 +47,22 @@ def model_state(patcher):
             dict(patcher.object_patches), dict(patcher.weight_wrapper_patches))
 
 
-@pytest.mark.parametrize("kind", ["eps", "flow"])
-def test_distill_node_fits_saves_and_leaves_the_model_alone(pack, models_dir, kind):
+@pytest.mark.parametrize("kind, memory", [("eps", "auto"), ("flow", "auto"), ("flux", "blocks")])
+def test_distill_node_fits_saves_and_leaves_the_model_alone(pack, models_dir, kind, memory):
     model = tiny_model(kind)
-    positive, negative = tiny_conditioning()
-    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    positive, negative = tiny_conditioning(kind=kind)
+    latent = {"samples": torch.zeros(1, 16 if kind == "flux" else 4, 8, 8)}
     before = model_state(model)
+    network = model.model.diffusion_model
+    tensors = list(network.parameters()) + list(network.buffers())
     out = run(pack["LSDistillSampler"], model=model, positive=positive, negative=negative, latent_image=latent,
-              filename="tiny", **SMALL)
+              filename="tiny", memory=memory, **SMALL)
     solver, sampler, sigmas, plot = out.result
-    assert solver.nfes == [3, 4] and solver.convention == ("flow" if kind == "flow" else "ve")
+    assert solver.nfes == [3, 4] and solver.convention == ("ve" if kind == "eps" else "flow")
+    assert solver.provenance["memory"] == ("blocks" if memory == "blocks" else "model calls")
+    assert [m for m in network.modules() if "forward" in vars(m)] == []  # block checkpointing is undone
+    after = list(network.parameters()) + list(network.buffers())  # copies made for autograd are gone again
+    assert len(after) == len(tensors) and all(a is b for a, b in zip(after, tensors))
     assert isinstance(sampler, comfy.samplers.KSAMPLER)
     assert len(sigmas) == 4 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
     assert plot.ndim == 4 and plot.shape[-1] == 3 and 0 <= float(plot.min()) and float(plot.max()) <= 1

@@ -83,6 +83,26 @@ def test_dode_matches_a_direct_least_squares_solve():
         assert scales[i].item() == pytest.approx(solution, rel=1e-4, abs=1e-6)
 
 
+def test_dode_runs_the_model_on_the_fitting_device():
+    """The teacher keeps its states on the CPU; D-ODE's model calls must still run where the fit
+    runs (on a GPU, a CPU call would pull every weight across the bus)."""
+    grid = karras(3, SIGMA_MIN, SIGMA_MAX, final_zero=True)
+    start = start_states(SHAPE, 4, SIGMA_MAX, "ve", seed=3)
+    teacher = record_teacher(MODEL, start, teacher_grid([grid], 8, "ve"), grid[1:], base="dpmpp_3m")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def model(x, sigma, **kwargs):
+        seen.append(x.device.type)
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit_step_scales(model, teacher, grid, torch.arange(4), base="dpmpp_2m", convention="ve", device="meta")
+    assert seen == ["meta"]
+
+
 def test_learned_grid_stays_strictly_decreasing_and_inside_the_range():
     solver = distill(MODEL, SHAPE, nfe=[4, 6], method="ld3", **{**SMALL, "iterations": 60})
     for nfe in solver.nfes:
