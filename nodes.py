@@ -158,9 +158,9 @@ if io is not None:
                                        base=base, teacher_steps=teacher_steps, samples=samples,
                                        iterations=iterations, seed=seed, memory=memory, progress=progress,
                                        cancel=cancel)
-            except torch.OutOfMemoryError as err:
+            except torch.OutOfMemoryError as err:  # re-raised as one, so ComfyUI still unloads its models
                 comfy.model_management.soft_empty_cache(True)
-                raise MemoryError(
+                raise torch.OutOfMemoryError(
                     "Distill Sampler ran out of GPU memory. Set memory to 'blocks', fit at a smaller latent "
                     "size (the schedule transfers to larger images), or free other models first."
                 ) from err

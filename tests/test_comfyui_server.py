@@ -134,6 +134,15 @@ def load_prompt(kind, filename):
     }
 
 
+def ensure_fitted(server, kind):
+    """The file name of a solver fitted on the tiny ``kind`` model (the distill test's, or a new one)."""
+    name = f"server_{kind}.safetensors"
+    if not (server.base / "models" / "learned_solvers" / name).is_file():
+        entry = server.run(distill_prompt(kind, f"server_{kind}"))
+        assert entry["status"]["status_str"] == "success", entry["status"]
+    return name
+
+
 def test_object_info_lists_every_node_with_its_inputs(server):
     info = server.get("/object_info")
     for node in NODES:
@@ -142,6 +151,7 @@ def test_object_info_lists_every_node_with_its_inputs(server):
     for name in ("model", "positive", "negative", "latent_image", "cfg", "nfe", "method", "base", "teacher_steps",
                  "samples", "iterations", "seed", "filename"):
         assert name in distill, name
+    assert info["LSDistillSampler"]["input"]["optional"]["memory"][1]["options"] == ["auto", "model calls", "blocks"]
     assert info["LSDistillSampler"]["output"] == ["LEARNED_SOLVER", "SAMPLER", "SIGMAS", "IMAGE"]
 
 
@@ -178,3 +188,26 @@ def test_cancel_mid_distill_leaves_no_file_and_the_next_prompt_runs(server):
     assert not list((server.base / "models" / "learned_solvers").glob("cancelled*"))
     entry = server.run(distill_prompt("eps", "after"))
     assert entry["status"]["status_str"] == "success", entry["status"]
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("nan", "NaN"),
+    ("oom", "Distill Sampler ran out of GPU memory. Set memory to 'blocks'"),
+])
+def test_a_failing_fit_shows_a_clear_error_writes_nothing_and_the_server_keeps_running(server, kind, message):
+    entry = server.run(distill_prompt(kind, f"failed_{kind}", iterations=5))
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert error["node_type"] == "LSDistillSampler"
+    assert message in error["exception_message"], error["exception_message"]
+    assert not list((server.base / "models" / "learned_solvers").glob(f"failed_{kind}*"))
+    entry = server.run(load_prompt("eps", ensure_fitted(server, "eps")))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+
+
+def test_a_file_for_another_model_family_is_refused_in_the_error_dialog(server):
+    entry = server.run(load_prompt("eps", ensure_fitted(server, "flow")))
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert error["node_type"] == "LSLearnedSigmas"
+    assert "fitted for a flow model" in error["exception_message"], error["exception_message"]
