@@ -171,10 +171,11 @@ def _metadata_value(metadata, key, path):
 
 
 def _parse_float(metadata, key, path):
+    text = _metadata_value(metadata, key, path)
     try:
-        value = float(_metadata_value(metadata, key, path))
+        value = float(text)
     except ValueError:
-        _fail(path, f"metadata {key!r} = {metadata[key]!r} is not a number")
+        _fail(path, f"metadata {key!r} = {text[:40]!r} is not a number")
     if not math.isfinite(value):
         _fail(path, f"metadata {key!r} is {value}; it must be finite")
     return value
@@ -200,7 +201,7 @@ def solver_from_bytes(blob: bytes, path="file"):
         _fail(path, "is a safetensors file but not a learned solver (its metadata has no "
                     f"format = {FORMAT_NAME!r}); is it a model or a LoRA?")
     version = _metadata_value(metadata, "format_version", path)
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()):
         _fail(path, f"has format_version {version!r}, which is not a whole number")
     if int(version) > FORMAT_VERSION:
         _fail(path, f"uses learned-solver format version {version}, newer than this package reads "
@@ -273,7 +274,10 @@ def solver_from_bytes(blob: bytes, path="file"):
 
 
 def _number(value, default=float("nan")):
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+    """A finite JSON number, else ``default`` (the metadata's figures are informative only)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return default
 
 
 def _read_bytes(path) -> bytes:
