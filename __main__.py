@@ -4,11 +4,16 @@
 classical solver x schedule on held-out seeds, and write a PNG of the learned grid and samples.
 ``compare``: sample the exact Gaussian-mixture denoiser (SD-latent sized, SD1.5 sigma range)
 with every base solver on classical grids and print each one's RMSE to the ODE's solution.
+
+Learned-solver files: ``inspect`` (metadata, fits, and a PNG of the grid against karras/AYS),
+``validate`` (exit status 1 if any file is invalid), ``export`` (a plain sigma list for any UI
+that takes custom sigmas), ``pull`` and ``push`` (the Hugging Face Hub).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -48,8 +53,10 @@ def compare(nfes, samples: int, seed: int, reference_steps: int, out=sys.stdout)
     return table
 
 
-def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_mixture: bool, out=sys.stdout):
-    """Distill, compare on held-out seeds, write the PNG; returns (learned RMSE, best classical RMSE)."""
+def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_mixture: bool, out=sys.stdout,
+         save: str | None = None):
+    """Distill, compare on held-out seeds, write the PNG (and, with ``save``, the learned-solver
+    file); returns (learned RMSE, best classical RMSE)."""
     from .distill import distill, start_states
     from .schedules.plot import plot_grids, sample_sheet, stack_vertically
 
@@ -104,8 +111,85 @@ def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_m
                       "2m+karras": run(held[:6], grids["karras"](nfe), "dpmpp_2m"), "learned": learned[:6]}, scale=3),
     ])
     picture.save(out_path)
+    if save:
+        from .schedules import save_learned_solver
+
+        description = (f"Fitted by `python -m learned_solvers demo --nfe {nfe} --iterations {iterations} --seed {seed}"
+                       f"{' --mixture' if use_mixture else ''}` on the {name}; held-out RMSE {learned_rmse:.4f} against "
+                       f"{ranked[0][1]:.4f} for the best built-in pair ({ranked[0][0]}).")
+        written = save_learned_solver(solver, save, {"model_family": "TinyUNet" if not use_mixture else "mixture",
+                                                     "prediction": "EPS", "description": description,
+                                                     "license": "MIT", "author": "learned-solvers"})
+        print(f"wrote {written}", file=out)
     print(f"wrote {out_path}  ({time.perf_counter() - began:.0f} s in all)", file=out)
     return learned_rmse, ranked[0][1]
+
+
+def inspect_file(path: str, png: str | None, out=None) -> int:
+    """Print a file's metadata and fits; with ``png``, draw each NFE's grid against karras/AYS."""
+    out = out or sys.stdout
+    import json
+
+    from .schedules import load_learned_solver, read_metadata, reference_schedules
+    from .schedules.plot import plot_grids, stack_vertically
+
+    solver = load_learned_solver(path)
+    metadata = read_metadata(path)
+    print(f"{path}: learned solver, format {metadata['format_version']}", file=out)
+    for key in ("method", "base", "convention", "corrector", "nfes", "sigma_min", "sigma_max", "model_family",
+                "prediction", "shift", "fingerprint", "cfg", "resolution", "author", "description", "license",
+                "package_version"):
+        if key in metadata:
+            print(f"  {key:<16} {metadata[key]}", file=out)
+    teacher = json.loads(metadata.get("provenance", "{}")).get("teacher")
+    if teacher:
+        print(f"  {'teacher':<16} {teacher.get('base')}, {teacher.get('steps')} steps", file=out)
+    print(solver.summary(), file=out)
+    for nfe in solver.nfes:
+        print(f"  NFE {nfe} sigmas: " + ", ".join(f"{float(s):.6g}" for s in solver.sigmas(nfe)), file=out)
+    if png:
+        pictures = [plot_grids({"learned": solver.sigmas(nfe), **reference_schedules(nfe, *solver.sigma_range)},
+                               title=f"{os.path.basename(path)}: NFE {nfe}") for nfe in solver.nfes]
+        stack_vertically(pictures).save(png)
+        print(f"wrote {png}", file=out)
+    return 0
+
+
+def validate_files(paths, out=None) -> int:
+    """One line per file, ``ok`` or the reason it is refused; 1 if any is invalid."""
+    out = out or sys.stdout
+    from .schedules import LearnedSolverFileError, load_learned_solver
+
+    failed = 0
+    for path in paths:
+        try:
+            solver = load_learned_solver(path)
+        except LearnedSolverFileError as err:
+            failed += 1
+            print(f"invalid  {err}", file=out)
+        else:
+            print(f"ok       {path}: {solver.method} on {solver.base}, NFE {', '.join(map(str, solver.nfes))}",
+                  file=out)
+    return 1 if failed else 0
+
+
+def export_sigmas(path: str, steps: int, denoise: float, sigma_range, style: str, out=None) -> int:
+    """Print the grid for ``steps`` model calls as a plain list; warnings go to stderr."""
+    out = out or sys.stdout
+    import json
+
+    from .schedules import load_learned_solver
+
+    solver = load_learned_solver(path)
+    sigmas, warnings = solver.schedule(steps, denoise, sigma_range=tuple(sigma_range) if sigma_range else None)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    values = [float(s) for s in sigmas]
+    if style == "json":
+        print(json.dumps(values), file=out)
+    else:
+        print(", ".join(f"{v:.6g}" for v in values), file=out)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -119,21 +203,81 @@ def main(argv=None) -> int:
     dem.add_argument("--seed", type=int, default=0)
     dem.add_argument("--out", default="learned_solver_demo.png")
     dem.add_argument("--mixture", action="store_true", help="use the exact Gaussian mixture instead of the UNet")
+    dem.add_argument("--save", help="also write the learned solver to this .safetensors file")
     cmp = commands.add_parser("compare", help="base solvers x grids on the exact mixture denoiser")
     cmp.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6, 8, 10])
     cmp.add_argument("--samples", type=int, default=16)
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--reference-steps", type=int, default=500)
+    ins = commands.add_parser("inspect", help="a learned-solver file's metadata and fits, optionally a PNG")
+    ins.add_argument("file")
+    ins.add_argument("--png", help="write the grids against karras/exponential/AYS to this PNG")
+    val = commands.add_parser("validate", help="check learned-solver files; exit status 1 if any is invalid")
+    val.add_argument("files", nargs="+")
+    exp = commands.add_parser("export", help="print a file's sigmas as a plain list (custom sigmas in any UI)")
+    exp.add_argument("file")
+    exp.add_argument("--steps", type=int, help="model calls (default: the first fitted NFE)")
+    exp.add_argument("--denoise", type=float, default=1.0)
+    exp.add_argument("--sigma-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                     help="another model's sigma range: remap the grid to it")
+    exp.add_argument("--format", choices=["list", "json"], default="list")
+    pul = commands.add_parser("pull", help="download a learned-solver file from the Hugging Face Hub, validated")
+    pul.add_argument("repo_id", help="e.g. someone/solvers")
+    pul.add_argument("filename", help="e.g. sdxl_cfg5_nfe6.safetensors")
+    pul.add_argument("--revision")
+    pul.add_argument("--dest", default=None, help="folder (default: $COMFYUI_PATH/models/learned_solvers if "
+                                                  "COMFYUI_PATH is set, else the current folder)")
+    pul.add_argument("--offline", action="store_true", help="only the local Hugging Face cache")
+    psh = commands.add_parser("push", help="upload a learned-solver file (and a model card) to the Hub")
+    psh.add_argument("file")
+    psh.add_argument("repo_id")
+    psh.add_argument("--path-in-repo")
+    psh.add_argument("--private", action="store_true")
+    psh.add_argument("--no-card", action="store_true", help="do not write README.md")
     args = parser.parse_args(argv)
+    if args.command in ("inspect", "validate", "export", "pull", "push"):
+        return files_command(args, parser)
     if args.command == "demo":
         if args.nfe < 2:
             parser.error("--nfe must be at least 2")
-        demo(args.nfe, args.method, args.iterations, args.seed, args.out, args.mixture)
+        demo(args.nfe, args.method, args.iterations, args.seed, args.out, args.mixture, save=args.save)
     if args.command == "compare":
         if min(args.nfe) < 1:
             parser.error("--nfe values must be >= 1")
         compare(args.nfe, args.samples, args.seed, args.reference_steps)
     return 0
+
+
+def files_command(args, parser) -> int:
+    from .schedules import LearnedSolverFileError
+    from .schedules.hub import SharingError, pull_learned_solver, push_learned_solver
+
+    try:
+        if args.command == "inspect":
+            return inspect_file(args.file, args.png)
+        if args.command == "validate":
+            return validate_files(args.files)
+        if args.command == "export":
+            from .schedules import read_metadata
+
+            steps = args.steps or int(read_metadata(args.file)["nfes"].split(",")[0])
+            if steps < 1 or not 0 < args.denoise <= 1:
+                parser.error("--steps must be >= 1 and --denoise in (0, 1]")
+            return export_sigmas(args.file, steps, args.denoise, args.sigma_range, args.format)
+        if args.command == "pull":
+            dest = args.dest or (os.path.join(os.environ["COMFYUI_PATH"], "models", "learned_solvers")
+                                 if os.environ.get("COMFYUI_PATH") else ".")
+            path = pull_learned_solver(args.repo_id, args.filename, dest, revision=args.revision,
+                                       local_files_only=args.offline)
+            print(f"pulled {path}")
+            return 0
+        url = push_learned_solver(args.file, args.repo_id, path_in_repo=args.path_in_repo, private=args.private,
+                                  card=not args.no_card)
+        print(f"pushed {url}")
+        return 0
+    except (LearnedSolverFileError, SharingError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

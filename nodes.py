@@ -31,6 +31,7 @@ if io is not None:
     from .distill.comfyui import distill_model, sigmas_for_model
     from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
     from .schedules import comfyui as library
+    from .schedules.hub import pull_learned_solver
     from .schedules.plot import image_tensor, solver_figure
 
     LearnedSolverSocket = io.Custom("LEARNED_SOLVER")
@@ -276,8 +277,36 @@ if io is not None:
             path = _save(learned_solver, filename, metadata)
             return io.NodeOutput(ui=ui.PreviewText(f"saved {os.path.basename(path)}"))
 
+    class PullLearnedSolver(io.ComfyNode):
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return io.Schema(
+                node_id="LSPullLearnedSolver",
+                display_name="Pull Learned Solver (Hugging Face)",
+                category=CATEGORY,
+                description="Downloads a learned-solver file from a Hugging Face model repository into "
+                            "models/learned_solvers, validated before it is kept or used.",
+                inputs=[
+                    io.String.Input("repo_id", default="", tooltip="The repository, e.g. someone/sdxl-solvers."),
+                    io.String.Input("filename", default="", tooltip="The file in it, e.g. sdxl_cfg5_nfe6.safetensors."),
+                    io.String.Input("revision", default="", optional=True,
+                                    tooltip="Branch, tag or commit; empty: main."),
+                    io.Boolean.Input("offline", default=False, optional=True,
+                                     tooltip="Only the local Hugging Face cache (no network)."),
+                ],
+                outputs=[LearnedSolverSocket.Output(display_name="learned_solver")],
+            )
+
+        @classmethod
+        def execute(cls, repo_id, filename, revision="", offline=False) -> io.NodeOutput:
+            path = pull_learned_solver(repo_id.strip(), filename.strip(), library.register_folder(folder_paths),
+                                       revision=revision.strip() or None, local_files_only=offline)
+            library.register_schedulers(comfy.samplers, folder_paths)
+            solver = load_learned_solver(path)
+            return io.NodeOutput(solver, ui=ui.PreviewText(f"pulled {os.path.basename(path)}\n{solver.summary()}"))
+
     NODES = [DistillSampler, LearnedSampler, LearnedSigmas, LoadLearnedSolver, SaveLearnedSolver,
-             SolverFamilySampler]
+             PullLearnedSolver, SolverFamilySampler]
 
     class LearnedSolversExtension(ComfyExtension):
         async def get_node_list(self) -> list[type[io.ComfyNode]]:

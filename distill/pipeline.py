@@ -40,9 +40,16 @@ def initial_grid(init, nfe: int, sigma_min: float, sigma_max: float) -> torch.Te
         sigmas = uniform(nfe, sigma_min, sigma_max, final_zero=True)
     else:
         raise ValueError(f"unknown initial grid {init!r}; use one of {GRID_NAMES}, a dict or a callable")
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).clone()
     if len(sigmas) != nfe + 1:
         raise ValueError(f"the initial grid for NFE {nfe} has {len(sigmas)} sigmas; it needs {nfe + 1}")
+    # published schedules round the model's range (AYS for SD1.x: 14.615 ... 0.029); a learned
+    # grid must stay inside it, so rounding is clamped and anything more is refused
+    positive = sigmas > 0
+    if ((sigmas[positive] > sigma_max * 1.01) | (sigmas[positive] < sigma_min * 0.99)).any():
+        raise ValueError(f"the initial grid for NFE {nfe} leaves the model's sigma range "
+                         f"[{sigma_min:g}, {sigma_max:g}]: {[round(float(s), 4) for s in sigmas]}")
+    sigmas[positive] = sigmas[positive].clamp(sigma_min, sigma_max)
     return sigmas
 
 

@@ -108,6 +108,7 @@ def save_learned_solver(solver, path, metadata: dict | None = None) -> str:
     if not path.endswith(EXTENSION):
         path += EXTENSION
     blob = save(solver_tensors(solver), metadata=solver_metadata(solver, metadata))
+    solver_from_bytes(blob, path)  # never write a file that this package would refuse to read
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=EXTENSION, dir=folder)

@@ -144,3 +144,31 @@ def test_cancel_mid_distill_leaves_no_file(pack, models_dir, monkeypatch):
     assert not models_dir.exists() or list(models_dir.iterdir()) == []
     leftovers = [n for n, m in model.model.named_modules() if getattr(m, "weight_function", None)]
     assert leftovers == []
+
+
+def test_pull_node_takes_a_file_from_the_hub_cache_and_refuses_a_hostile_one(pack, models_dir, tmp_path,
+                                                                          monkeypatch):
+    from learned_solvers.distill import distill
+    from learned_solvers.learned_samplers import GaussianMixtureDenoiser
+    from learned_solvers.schedules import save_learned_solver
+
+    mixture = GaussianMixtureDenoiser.power_law(shape=(2, 4, 4), components=2, seed=0)
+    fitted = distill(mixture, (2, 4, 4), sigma_min=0.03, sigma_max=14.6, nfe=[3], method="dode", samples=4,
+                     validation=2, teacher_steps=8, convention="ve")
+    snapshot = tmp_path / "hub" / "models--someone--solvers" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+    save_learned_solver(fitted, snapshot / "mix3.safetensors")
+    (snapshot / "evil.safetensors").write_bytes(b"\x80\x04 not a safetensors file")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    solver = run(pack["LSPullLearnedSolver"], repo_id="someone/solvers", filename="mix3.safetensors",
+                 offline=True).result[0]
+    assert solver.nfes == [3] and (models_dir / "mix3.safetensors").is_file()
+    assert "learned: mix3" in comfy.samplers.SCHEDULER_NAMES
+    with pytest.raises(ValueError, match="evil.safetensors"):
+        run(pack["LSPullLearnedSolver"], repo_id="someone/solvers", filename="evil.safetensors", offline=True)
+    assert not (models_dir / "evil.safetensors").exists()

@@ -23,6 +23,7 @@ if not COMFYUI:
     pytest.skip(SKIP_REASON, allow_module_level=True)
 
 NODES = ["LSDistillSampler", "LSLearnedSampler", "LSLearnedSigmas", "LSLoadLearnedSolver", "LSSaveLearnedSolver",
+         "LSPullLearnedSolver",
          "LSSolverFamilySampler"]
 TESTS = Path(__file__).resolve().parent
 # ComfyUI imports torchvision at start-up only; the server gets the same placeholder as in-process tests

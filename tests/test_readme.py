@@ -18,3 +18,26 @@ def test_python_api_example_runs():
     assert (same - images).abs().max() < 1e-5
     for nfe in solver.nfes:
         assert solver.fits[nfe].held_out_rmse <= solver.fits[nfe].base_held_out_rmse
+
+
+def test_file_commands_run_on_the_shipped_preset(tmp_path, monkeypatch, capsys):
+    """inspect, validate and export as the README shows them, from the repository root."""
+    import glob
+    import os
+    import shlex
+
+    from learned_solvers.__main__ import main
+
+    root = README.parent
+    monkeypatch.chdir(root)
+    section = README.read_text().split("## Learned-solver files and sharing")[1].split("\n## ")[0]
+    commands = [line for line in re.findall(r"^python -m learned_solvers (.*)$", section, re.M)
+                if line.split()[0] in ("inspect", "validate", "export")]
+    assert {c.split()[0] for c in commands} == {"inspect", "validate", "export"}
+    for command in commands:
+        words = []
+        for word in shlex.split(command.replace("grid.png", str(tmp_path / "grid.png"))):
+            words += sorted(glob.glob(word)) if "*" in word else [word]
+        assert main(words) == 0, command
+    assert os.path.getsize(tmp_path / "grid.png") > 0
+    assert "ok " in capsys.readouterr().out
