@@ -109,6 +109,13 @@ def save_learned_solver(solver, path, metadata: dict | None = None) -> str:
         path += EXTENSION
     blob = save(solver_tensors(solver), metadata=solver_metadata(solver, metadata))
     solver_from_bytes(blob, path)  # never write a file that this package would refuse to read
+    return write_atomically(path, blob)
+
+
+def write_atomically(path, blob: bytes) -> str:
+    """Write ``blob`` to ``path`` through a temporary file in the same folder and a rename, so
+    a crash or cancel never leaves half a file. Returns the path."""
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=EXTENSION, dir=folder)

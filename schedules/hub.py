@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
-from .files import EXTENSION, LearnedSolverFileError, load_learned_solver, read_metadata
+from .files import (
+    EXTENSION,
+    _read_bytes,
+    load_learned_solver,
+    read_metadata,
+    solver_from_bytes,
+    write_atomically,
+)
 
 CARD_TAGS = ["learned-solver", "diffusion-sampler", "comfyui"]
 LIBRARY_NAME = "learned-solvers"
@@ -57,22 +63,6 @@ def _explain(err, repo_id: str, action: str) -> str:
     return f"cannot {action} {repo_id}: {type(err).__name__}: {err}"
 
 
-def _copy_atomically(source: str, target: str):
-    folder = os.path.dirname(os.path.abspath(target))
-    os.makedirs(folder, exist_ok=True)
-    with open(source, "rb") as handle:
-        data = handle.read()
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=EXTENSION, dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def pull_learned_solver(repo_id: str, filename: str, folder: str, *, revision: str | None = None,
                         cache_dir: str | None = None, local_files_only: bool = False,
                         token: str | None = None) -> str:
@@ -91,16 +81,15 @@ def pull_learned_solver(repo_id: str, filename: str, folder: str, *, revision: s
                                  local_files_only=local_files_only, token=token)
     except Exception as err:  # network and Hub failures of every kind become one clear message
         raise SharingError(_explain(err, repo_id, "pull from")) from err
-    load_learned_solver(cached)
+    blob = _read_bytes(cached)
+    solver_from_bytes(blob, cached)
     name = os.path.basename(filename)
     target = os.path.join(folder, name)
     if os.path.exists(target):
-        with open(target, "rb") as mine, open(cached, "rb") as theirs:
-            if mine.read() == theirs.read():
-                return target
+        if _read_bytes(target) == blob:
+            return target
         target = new_file_path(folder, name)
-    _copy_atomically(cached, target)
-    return target
+    return write_atomically(target, blob)
 
 
 def model_card(metadata: dict, filename: str) -> str:
@@ -166,4 +155,4 @@ def push_learned_solver(path: str, repo_id: str, *, path_in_repo: str | None = N
     return str(getattr(commit, "commit_url", commit))
 
 
-__all__ = ["SharingError", "model_card", "pull_learned_solver", "push_learned_solver", "LearnedSolverFileError"]
+__all__ = ["SharingError", "model_card", "pull_learned_solver", "push_learned_solver"]

@@ -28,3 +28,18 @@ def fitted_slope(steps, errors):
     ys = [-math.log(e) for e in errors]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def hub_cache(root, repo_id: str, files: dict, commit: str = "0" * 40) -> str:
+    """A huggingface_hub cache under ``root`` holding ``files`` (name -> bytes) of the model
+    repository ``repo_id`` at ``commit`` on main, as the Hub's own downloads lay it out."""
+    from pathlib import Path
+
+    repo = Path(root) / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+    return str(root)

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-import torch
+from helpers import hub_cache
 
 from learned_solvers.__main__ import main
 from learned_solvers.distill import distill
@@ -56,12 +56,8 @@ def test_export_prints_the_sigmas_and_warns_on_remap_and_interpolation(solver_fi
 def test_pull_from_the_offline_cache_and_push_while_offline(solver_file, tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
 
-    snapshot = tmp_path / "hub" / "models--someone--solvers" / "snapshots" / ("b" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("b" * 40)
-    (snapshot / "mix.safetensors").write_bytes(open(solver_file, "rb").read())
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cache = hub_cache(tmp_path / "hub", "someone/solvers", {"mix.safetensors": open(solver_file, "rb").read()})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", cache)
     dest = tmp_path / "dest"
     assert main(["pull", "someone/solvers", "mix.safetensors", "--dest", str(dest), "--offline"]) == 0
     assert (dest / "mix.safetensors").read_bytes() == open(solver_file, "rb").read()

@@ -17,6 +17,7 @@ import folder_paths  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402
 
 from comfyui_models import tiny_conditioning, tiny_model  # noqa: E402
+from helpers import hub_cache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(cfg=3.0, nfe="3, 4", method="auto", base="dpmpp_2m", teacher_steps=12, samples=6, iterations=6,
@@ -155,16 +156,12 @@ def test_pull_node_takes_a_file_from_the_hub_cache_and_refuses_a_hostile_one(pac
     mixture = GaussianMixtureDenoiser.power_law(shape=(2, 4, 4), components=2, seed=0)
     fitted = distill(mixture, (2, 4, 4), sigma_min=0.03, sigma_max=14.6, nfe=[3], method="dode", samples=4,
                      validation=2, teacher_steps=8, convention="ve")
-    snapshot = tmp_path / "hub" / "models--someone--solvers" / "snapshots" / ("a" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
-    save_learned_solver(fitted, snapshot / "mix3.safetensors")
-    (snapshot / "evil.safetensors").write_bytes(b"\x80\x04 not a safetensors file")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    good = open(save_learned_solver(fitted, tmp_path / "mix3"), "rb").read()
+    cache = hub_cache(tmp_path / "hub", "someone/solvers",
+                      {"mix3.safetensors": good, "evil.safetensors": b"\x80\x04 not a safetensors file"})
     import huggingface_hub.constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", cache)
     solver = run(pack["LSPullLearnedSolver"], repo_id="someone/solvers", filename="mix3.safetensors",
                  offline=True).result[0]
     assert solver.nfes == [3] and (models_dir / "mix3.safetensors").is_file()

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import yaml
+from helpers import hub_cache
 from huggingface_hub import HfApi
 
 from learned_solvers.distill import distill
@@ -28,15 +29,7 @@ def solver_file(tmp_path_factory):
 
 
 def cache_with(tmp_path, files: dict):
-    """A huggingface_hub cache holding ``files`` (name -> bytes) of REPO at COMMIT on main."""
-    repo = tmp_path / "cache" / f"models--{REPO.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for name, data in files.items():
-        (snapshot / name).write_bytes(data)
-    return str(tmp_path / "cache")
+    return hub_cache(tmp_path / "cache", REPO, files, COMMIT)
 
 
 def test_pull_from_the_cache_validates_and_copies(solver_file, tmp_path):
