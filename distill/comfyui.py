@@ -165,7 +165,7 @@ def _release(patcher):
         for attribute in ("weight_function", "bias_function"):
             functions = getattr(module, attribute, None)
             if functions:
-                setattr(module, attribute, [f for f in functions if f is not _identity])
+                setattr(module, attribute, [f for f in functions if f is not _constant])
 
 
 def memory_plan(model, memory: str = "auto") -> dict:
@@ -261,33 +261,38 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
     return solver
 
 
-def _identity(weight):
-    return weight
+def _constant(weight):
+    return weight.detach()
 
 
 def _ordinary_weights(patcher):
-    """Make every weight of the clone's network usable by autograd, without touching the user's.
+    """Make every weight of the clone's network a constant that autograd can save, without
+    touching the user's.
 
-    ComfyUI's cast layers (``comfy.ops``) copy a weight that has a weight function on each use,
-    so an identity wrapper suffices for them (no second copy of the model is kept). Tensors
-    outside those layers (Flux's RMSNorm scales, learned embeddings of other families) get
-    an ordinary copy as an object patch, which the unpatch puts back."""
+    The fit differentiates through the model calls with respect to the state and the solver's
+    parameters only: a weight that required gradients would cost a gradient the size of the
+    model (left on the user's parameters) and the inputs of every layer for it. ComfyUI's cast
+    layers (``comfy.ops``) copy a weight that has a weight function on each use, so a wrapper
+    that detaches that copy suffices for them (no second copy of the model is kept). Tensors
+    outside those layers (Flux's RMSNorm scales, learned embeddings of other families) get an
+    object patch, which the unpatch puts back: an ordinary copy of an inference tensor (which
+    autograd cannot save), a detached view of one that requires gradients."""
     covered = set()
     for name, module in patcher.model.named_modules():
         if hasattr(module, "weight_function"):
             for part in ("weight", "bias"):
                 if getattr(module, part, None) is not None:
-                    patcher.add_weight_wrapper(f"{name}.{part}", _identity)
+                    patcher.add_weight_wrapper(f"{name}.{part}", _constant)
                     covered.add(f"{name}.{part}")
     network = patcher.model.diffusion_model
     for kind, tensors in (("parameter", network.named_parameters()), ("buffer", network.named_buffers())):
         for name, tensor in tensors:
             key = f"diffusion_model.{name}"
-            if key in covered or not tensor.is_inference():
+            if key in covered or not (tensor.is_inference() or tensor.requires_grad):
                 continue
-            copy_ = tensor.clone()
-            patcher.add_object_patch(key, torch.nn.Parameter(copy_, requires_grad=False) if kind == "parameter"
-                                     else copy_)
+            constant = tensor.clone() if tensor.is_inference() else tensor.detach()
+            patcher.add_object_patch(key, torch.nn.Parameter(constant, requires_grad=False) if kind == "parameter"
+                                     else constant)
 
 
 

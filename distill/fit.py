@@ -83,16 +83,24 @@ def checkpointed_blocks(module: torch.nn.Module):
     Inside a checkpointed model call this bounds a backward pass to one block's activations
     instead of one whole network call's, for about one more forward per call. Calls without
     gradients run unchanged. The blocks' own ``forward`` is restored on exit, also after an error.
+
+    A block may update its inputs in place (Flux's double blocks do ``txt += ...``). The
+    checkpoint keeps references to its inputs for the recomputation, so each run gets its own
+    copy of every tensor input: the recomputation then sees the values of the original forward
+    (one transient copy of the block's inputs per run).
     """
     patched = []
     for block in network_blocks(module):
         own = block.__dict__.get("forward")  # an instance-level forward set by someone else stays theirs
         forward = block.forward
 
-        def recomputed(*args, _forward=forward, **kwargs):
+        def on_copies(*args, _forward=forward, **kwargs):
+            return _forward(*(_copied(a) for a in args), **{k: _copied(v) for k, v in kwargs.items()})
+
+        def recomputed(*args, _forward=forward, _on_copies=on_copies, **kwargs):
             if not torch.is_grad_enabled():
                 return _forward(*args, **kwargs)
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return checkpoint(_on_copies, *args, use_reentrant=False, **kwargs)
 
         block.forward = recomputed
         patched.append((block, own))
@@ -104,6 +112,10 @@ def checkpointed_blocks(module: torch.nn.Module):
                 del block.forward
             else:
                 block.forward = own
+
+
+def _copied(value):
+    return value.clone() if torch.is_tensor(value) else value
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ def test_distill_node_fits_saves_and_leaves_the_model_alone(pack, models_dir, ki
     assert [m for m in network.modules() if "forward" in vars(m)] == []  # block checkpointing is undone
     after = list(network.parameters()) + list(network.buffers())  # copies made for autograd are gone again
     assert len(after) == len(tensors) and all(a is b for a, b in zip(after, tensors))
+    # weights are constants of the fit: no gradient was computed for them, none is left on the user's model
+    assert all(p.grad is None for p in network.parameters())
     assert isinstance(sampler, comfy.samplers.KSAMPLER)
     assert len(sigmas) == 4 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
     assert plot.ndim == 4 and plot.shape[-1] == 3 and 0 <= float(plot.min()) and float(plot.max()) <= 1
