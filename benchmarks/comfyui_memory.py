@@ -2,6 +2,7 @@
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/comfyui_memory.py
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/comfyui_memory.py --cases sdxl@1024 --modes blocks
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/comfyui_memory.py --device meta   # estimate, no GPU
 
 Builds SD1.5, SDXL and Flux-dev through ComfyUI's own model classes with random bf16 weights
 (time and memory do not depend on the values), with conditioning shaped like their text
@@ -10,17 +11,28 @@ encoders' (SD1.5 and SDXL with a CFG pair, Flux at CFG 1 with its embedded guida
 gradient step, NFE 5 (five unrolled model calls per step). It prints the weights' size, the
 peak memory allocated while recording the teacher and during the gradient steps, the seconds
 per teacher model call and per gradient step, for each memory mode.
+
+``--device meta`` estimates the peak of one gradient step without a GPU and without memory:
+the same networks on PyTorch's meta device (shapes only), the node's own weight treatment,
+memory mode and solver loop, the CFG pair batched as ComfyUI batches it, attention as the flash
+kernel a GPU runs; a dispatch hook adds up the bytes of the tensors alive at each moment. It
+leaves out the CUDA allocator's rounding and caches, library workspaces and the teacher phase.
+``--weights-require-grad`` makes it treat the weights as trainable (as a LoRA fit would).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import time
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 CASES = {  # name: (ComfyUI config class, its unet_config, latent channels)
     "sd15": ("SD15", {
@@ -45,11 +57,23 @@ CASES = {  # name: (ComfyUI config class, its unet_config, latent channels)
 }
 
 
+# per model: the conditioning the network sees, [tokens, width] for the text and [width] for the
+# pooled/ADM vector (SDXL's 2816 = pooled 1280 + six size embeddings of 256)
+CONDITIONING = {"sd15": ((77, 768), None), "sdxl": ((77, 2048), (2816,)), "flux": ((256, 4096), (768,))}
+
+
 def import_comfyui():
     root = os.environ.get("COMFYUI_PATH")
     if not root or not os.path.isfile(os.path.join(root, "comfy", "samplers.py")):
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout (a clone of Comfy-Org/ComfyUI)")
     sys.path.insert(0, root)
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:  # ComfyUI imports it at start, these models never use it
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+        from comfyui_env import install_torchvision_placeholder
+
+        install_torchvision_placeholder()
 
 
 def build(name: str, device):
@@ -70,18 +94,23 @@ def build(name: str, device):
             else:
                 parameter.fill_(1.0 if param_name.endswith(("norm.weight", "scale")) else 0.0)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+    text = CONDITIONING[name][0]
     if name == "sd15":
-        positive = [[torch.randn(1, 77, 768), {}]]
-        negative = [[torch.zeros(1, 77, 768), {}]]
-        return patcher, positive, negative, 7.0
+        positive = [[torch.randn(1, *text), {}]]
+        negative = [[torch.zeros(1, *text), {}]]
+        return patcher, positive, negative, CFG[name]
     if name == "sdxl":
         extra = {"width": 1024, "height": 1024, "target_width": 1024, "target_height": 1024}
-        positive = [[torch.randn(1, 77, 2048), {"pooled_output": torch.randn(1, 1280), **extra}]]
-        negative = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280), **extra}]]
-        return patcher, positive, negative, 7.0
-    positive = [[torch.randn(1, 256, 4096) * 0.1, {"pooled_output": torch.randn(1, 768), "guidance": 3.5}]]
-    negative = [[torch.zeros(1, 256, 4096), {"pooled_output": torch.zeros(1, 768), "guidance": 3.5}]]
-    return patcher, positive, negative, 1.0  # Flux-dev: guidance is embedded, CFG 1 (one call per step)
+        positive = [[torch.randn(1, *text), {"pooled_output": torch.randn(1, 1280), **extra}]]
+        negative = [[torch.zeros(1, *text), {"pooled_output": torch.zeros(1, 1280), **extra}]]
+        return patcher, positive, negative, CFG[name]
+    pooled = CONDITIONING[name][1]
+    positive = [[torch.randn(1, *text) * 0.1, {"pooled_output": torch.randn(1, *pooled), "guidance": 3.5}]]
+    negative = [[torch.zeros(1, *text), {"pooled_output": torch.zeros(1, *pooled), "guidance": 3.5}]]
+    return patcher, positive, negative, CFG[name]
+
+
+CFG = {"sd15": 7.0, "sdxl": 7.0, "flux": 1.0}  # Flux-dev: guidance is embedded, CFG 1 (one call per step)
 
 
 def peak_gib(device) -> float:
@@ -143,6 +172,117 @@ def measure(name, resolution, mode, device, args):
             f"{teacher_seconds:.2f} | {step_seconds:.2f} | {seconds:.0f} | {stages}built in {built:.0f} s {error}|")
 
 
+class LiveBytes(TorchDispatchMode):
+    """Adds up the bytes of the meta tensors alive while it is active, and their peak.
+
+    A storage counts from the operation that creates it until it is freed (a weak reference's
+    callback); a result that shares an input's storage (a view, an in-place update) adds
+    nothing, and neither do tensors made before (the weights, counted apart)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.counted = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(t.untyped_storage()) for t in tree_flatten((args, kwargs))[0] if self._meta(t)}
+        for tensor in tree_flatten(out)[0]:
+            if not self._meta(tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key = id(storage)
+            if key in self.counted or key in inputs:
+                continue
+            self.counted.add(key)
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._freed, storage.nbytes(), key)
+        return out
+
+    @staticmethod
+    def _meta(value):
+        return isinstance(value, torch.Tensor) and value.device.type == "meta"
+
+    def _freed(self, nbytes, key):
+        self.live -= nbytes
+        self.counted.discard(key)
+
+
+@contextlib.contextmanager
+def flash_attention_on_meta():
+    """Attention on meta tensors as the flash kernel a GPU runs (it saves the output and a
+    row statistic, not the attention matrix that the meta device's default math path would)."""
+    plain = torch.nn.functional.scaled_dot_product_attention
+
+    def flash(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        if attn_mask is None and q.device.type == "meta" and not kwargs:
+            return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, scale=scale)[0]
+        return plain(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs)
+
+    torch.nn.functional.scaled_dot_product_attention = flash
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = plain
+
+
+def estimate(name, resolution, mode, args):
+    """One gradient step of the fit (NFE 5, one sample) on meta tensors: its estimated peak."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    from learned_solvers.distill.comfyui import _constant_weights
+    from learned_solvers.distill.fit import _loss, checkpointed_blocks, checkpointed_model
+    from learned_solvers.learned_samplers import sample_learned
+
+    meta = torch.device("meta")
+    class_name, unet_config, channels = CASES[name]
+    config = getattr(comfy.supported_models, class_name)(dict(unet_config))
+    config.set_inference_dtype(torch.bfloat16, None)
+    model = config.get_model({}, device=meta).to(meta)
+    weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=meta, offload_device=meta)
+    if args.weights_require_grad:  # weights copied on use by ComfyUI's cast layers, gradients flowing to them
+        for module in model.modules():
+            if hasattr(module, "weight_function"):
+                module.weight_function, module.bias_function = [lambda w: w], [lambda b: b]
+    else:
+        _constant_weights(patcher)
+    patcher.patch_model(device_to=meta)
+
+    cfg = CFG[name]
+    pair = 1 if cfg == 1.0 else 2  # ComfyUI runs cond and uncond as one batch; at CFG 1 only cond
+    text, pooled = CONDITIONING[name]
+    conditioning = {"c_crossattn": torch.zeros(pair, *text, device=meta)}
+    if pooled:
+        conditioning["y"] = torch.zeros(pair, *pooled, device=meta)
+    if name == "flux":
+        conditioning["guidance"] = torch.full((pair,), 3.5, device=meta)
+
+    def denoiser(x, sigma, **_):
+        out = model.apply_model(x.repeat(pair, 1, 1, 1), sigma.repeat(pair), **conditioning)
+        if pair == 1:
+            return out
+        cond, uncond = out.chunk(2)
+        return uncond + cfg * (cond - uncond)
+
+    flow = name == "flux"
+    sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.08, 0.0] if flow else [14.61, 4.0, 1.5, 0.5, 0.1, 0.0])
+    blocks = checkpointed_blocks(model.diffusion_model) if mode == "blocks" else contextlib.nullcontext()
+    began = time.perf_counter()
+    with LiveBytes() as tracked, flash_attention_on_meta(), blocks:
+        # the start depends on the learned noise offsets (soft slack), so the state carries gradients
+        start = torch.zeros(1, channels, resolution // 8, resolution // 8, device=meta, requires_grad=True)
+        out = sample_learned(checkpointed_model(denoiser), start, sigmas, None, None, True, base="dpmpp_2m",
+                             convention="flow" if flow else "ve")
+        _loss(out, torch.zeros_like(out), "l2").backward()
+    seconds = time.perf_counter() - began
+    note = ", weights trainable" if args.weights_require_grad else ""
+    return (f"| {name} | {resolution}² | {mode} | {weights / 2 ** 30:.1f} | {(weights + tracked.peak) / 2 ** 30:.1f} "
+            f"| estimate ({seconds:.0f} s on the CPU{note}) |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["sd15@512", "sdxl@1024", "flux@1024"],
@@ -150,32 +290,43 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", default=["model calls", "blocks"])
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--teacher-steps", type=int, default=8)
-    parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code path (no memory figures)")
+    parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code path (no memory figures); "
+                        "meta: an estimate of the fit's peak without a GPU")
+    parser.add_argument("--weights-require-grad", action="store_true",
+                        help="with --device meta: treat the weights as trainable (their gradients and copies count)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import_comfyui()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("this benchmark measures GPU memory; no CUDA device is available")
-    if device.type == "cpu":
+    if device.type in ("cpu", "meta"):
         import comfy.cli_args
 
         comfy.cli_args.args.cpu = True
+        comfy.cli_args.args.use_pytorch_cross_attention = True  # as on a GPU (and no free-memory queries)
     if not args.one:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
         print(f"{name}, torch {torch.__version__}, bf16 weights, one sample per gradient step, NFE 5\n")
-        print("| model | size | memory mode | weights GiB | teacher peak GiB | fit peak GiB | teacher s / sample-step "
-              "| s / gradient step | total s | note |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        if device.type == "meta":
+            print("| model | size | memory mode | weights GiB | fit peak GiB | note |\n|---|---|---|---|---|---|")
+        else:
+            print("| model | size | memory mode | weights GiB | teacher peak GiB | fit peak GiB | teacher s / sample-step "
+                  "| s / gradient step | total s | note |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
     if args.one:  # a child process: one measurement, so no allocation of an earlier one counts
         name, resolution = args.cases[0].split("@")
-        print(measure(name, int(resolution), args.modes[0], device, args), flush=True)
+        row = (estimate(name, int(resolution), args.modes[0], args) if device.type == "meta"
+               else measure(name, int(resolution), args.modes[0], device, args))
+        print(row, flush=True)
         return
     for case in args.cases:
         for mode in args.modes:
             child = subprocess.run([sys.executable, __file__, "--one", "--cases", case, "--modes", mode,
                                     "--iterations", str(args.iterations), "--teacher-steps", str(args.teacher_steps),
-                                    "--device", args.device], capture_output=True, text=True)
+                                    "--device", args.device]
+                                   + (["--weights-require-grad"] if args.weights_require_grad else []),
+                                   capture_output=True, text=True)
             rows = [line for line in child.stdout.splitlines() if line.startswith(f"| {case.split('@')[0]} ")]
             if child.returncode or not rows:
                 print(f"| {case} | {mode} | failed: {(child.stderr.strip().splitlines() or ['?'])[-1][:200]} |")

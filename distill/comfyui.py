@@ -236,7 +236,7 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
             return torch.zeros_like(latent_image)
 
     with torch.inference_mode(False), torch.enable_grad():
-        _ordinary_weights(patcher)
+        _constant_weights(patcher)
         guider = comfy.samplers.CFGGuider(patcher)
         guider.set_conds(_copy_conditioning(positive), _copy_conditioning(negative))
         guider.set_cfg(cfg)
@@ -265,7 +265,7 @@ def _constant(weight):
     return weight.detach()
 
 
-def _ordinary_weights(patcher):
+def _constant_weights(patcher):
     """Make every weight of the clone's network a constant that autograd can save, without
     touching the user's.
 
