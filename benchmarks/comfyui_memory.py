@@ -113,22 +113,36 @@ def build(name: str, device):
 CFG = {"sd15": 7.0, "sdxl": 7.0, "flux": 1.0}  # Flux-dev: guidance is embedded, CFG 1 (one call per step)
 
 
+def _process_memory_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith(field)).split()[1])
+
+
 def peak_gib(device) -> float:
-    if device.type != "cuda":
-        return float("nan")
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    """Peak GPU memory allocated since the last reset; on a CPU (Linux), the process's peak
+    resident memory since the last reset."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    if device.type == "cpu" and os.path.exists("/proc/self/clear_refs"):
+        return _process_memory_kib("VmHWM:") / 2 ** 20
+    return float("nan")
 
 
 def reset_peak(device):
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    elif device.type == "cpu" and os.path.exists("/proc/self/clear_refs"):
+        with open("/proc/self/clear_refs", "w") as refs:  # "5": the peak resident size restarts from now
+            refs.write("5")
 
 
 def measure(name, resolution, mode, device, args):
     from learned_solvers.distill.comfyui import distill_model
 
+    # on a CPU the peaks are the process's resident memory, so count from what it held before the model
+    before = _process_memory_kib("VmRSS:") / 2 ** 20 if device.type == "cpu" and peak_gib(device) == peak_gib(device) else 0.0
     built = time.perf_counter()
     patcher, positive, negative, cfg = build(name, device)
     built = time.perf_counter() - built
@@ -162,8 +176,8 @@ def measure(name, resolution, mode, device, args):
     if teacher and steps:
         stages = (f"teacher {teacher[-1][0] - began:.0f} s, to first step {steps[0][0] - teacher[-1][0]:.0f} s, "
                   f"after last step {ended - steps[-1][0]:.0f} s; ")
-    teacher_peak = max((m[3] for m in teacher), default=float("nan"))
-    fit_peak = max((m[3] for m in steps[1:]), default=float("nan"))
+    teacher_peak = max((m[3] for m in teacher), default=float("nan")) - before
+    fit_peak = max((m[3] for m in steps[1:]), default=float("nan")) - before
     # 3 samples (2 training, 1 validation), each one model call (a CFG pair) per teacher step
     teacher_seconds = (teacher[-1][0] - began) / (3 * args.teacher_steps) if teacher else float("nan")
     gaps = [b[0] - a[0] for a, b in zip(steps, steps[1:])][:-1]  # the last one includes a validation
@@ -290,8 +304,8 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", default=["model calls", "blocks"])
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--teacher-steps", type=int, default=8)
-    parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code path (no memory figures); "
-                        "meta: an estimate of the fit's peak without a GPU")
+    parser.add_argument("--device", default="cuda", help="cpu: the node's run on the CPU (peaks: the process's "
+                        "resident memory above its start; slow at full sizes); meta: an estimate of the fit's peak")
     parser.add_argument("--weights-require-grad", action="store_true",
                         help="with --device meta: treat the weights as trainable (their gradients and copies count)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
