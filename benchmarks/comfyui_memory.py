@@ -18,6 +18,9 @@ memory mode and solver loop, the CFG pair batched as ComfyUI batches it, attenti
 kernel a GPU runs; a dispatch hook adds up the bytes of the tensors alive at each moment. It
 leaves out the CUDA allocator's rounding and caches, library workspaces and the teacher phase.
 ``--weights-require-grad`` makes it treat the weights as trainable (as a LoRA fit would).
+``--device cpu`` runs the node's fit on the CPU and reports the process's peak resident memory
+above what it held before the model was built (Linux; set ``MALLOC_MMAP_THRESHOLD_=65536`` so
+freed buffers go back to the system): slow, but a real run to check the estimate against.
 """
 
 from __future__ import annotations
