@@ -87,7 +87,8 @@ def checkpointed_blocks(module: torch.nn.Module):
     A block may update its inputs in place (Flux's double blocks do ``txt += ...``). The
     checkpoint keeps references to its inputs for the recomputation, so each run gets its own
     copy of every tensor input: the recomputation then sees the values of the original forward
-    (one transient copy of the block's inputs per run).
+    (one transient copy of the block's inputs per run). The caller then no longer sees such an
+    in-place update, only the block's return value, which is what ComfyUI's networks pass on.
     """
     patched = []
     for block in network_blocks(module):
