@@ -171,3 +171,36 @@ def test_pull_node_takes_a_file_from_the_hub_cache_and_refuses_a_hostile_one(pac
     with pytest.raises(ValueError, match="evil.safetensors"):
         run(pack["LSPullLearnedSolver"], repo_id="someone/solvers", filename="evil.safetensors", offline=True)
     assert not (models_dir / "evil.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["eps", "flux"])
+def test_block_checkpointing_of_real_networks_gives_the_same_gradient(kind):
+    """Flux's double blocks update their text input in place; the recomputation must still see
+    the original values (the gradient with respect to the state matches the unblocked one)."""
+    from learned_solvers.distill import checkpointed_blocks, checkpointed_model
+    from learned_solvers.distill.comfyui import _constant_weights
+
+    patcher = tiny_model(kind).clone()
+    positive, _ = tiny_conditioning(kind=kind)
+    conditioning = {"c_crossattn": positive[0][0]}
+    if kind == "flux":
+        conditioning.update(y=positive[0][1]["pooled_output"], guidance=torch.tensor([3.5]))
+    _constant_weights(patcher)
+    patcher.patch_model()
+    network = patcher.model
+
+    def gradient():
+        x = torch.randn(1, 16 if kind == "flux" else 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        x.requires_grad_(True)
+        sigma = torch.tensor([0.8 if kind == "flux" else 3.0])
+        call = checkpointed_model(lambda x, s: network.apply_model(x, s, **conditioning))
+        out = call(call(x, sigma), sigma * 0.5)
+        return torch.autograd.grad(out.pow(2).mean(), x)[0]
+
+    try:
+        plain = gradient()
+        with checkpointed_blocks(network.diffusion_model):
+            blocked = gradient()
+    finally:
+        patcher.unpatch_model()
+    torch.testing.assert_close(blocked, plain)
