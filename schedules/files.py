@@ -228,10 +228,11 @@ def solver_from_bytes(blob: bytes, path="file"):
     if not 0 < sigma_min < sigma_max or (convention == "flow" and sigma_max > 1):
         _fail(path, f"declares the sigma range ({sigma_min:g}, {sigma_max:g}), which is impossible for "
                     f"a {convention} model")
+    listed = _metadata_value(metadata, "nfes", path)  # outside the try: the package error is a ValueError too
     try:
-        nfes = sorted({int(n) for n in _metadata_value(metadata, "nfes", path).split(",")})
+        nfes = sorted({int(n) for n in listed.split(",")})
     except ValueError:
-        _fail(path, f"has nfes {metadata['nfes']!r}; it must be a comma-separated list of step counts")
+        _fail(path, f"has nfes {listed!r}; it must be a comma-separated list of step counts")
     if not nfes or nfes[0] < 1 or nfes[-1] > MAX_NFE:
         _fail(path, f"lists step counts {nfes}; each must be between 1 and {MAX_NFE}")
     fits_info = _parse_json(metadata, "fits", path)

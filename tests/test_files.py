@@ -107,6 +107,7 @@ def hostile_files(blob):
         "not json": blob[:8] + b"\xff" * 16 + blob[24:],
         "future version": set_meta("format_version", str(FORMAT_VERSION + 1)),
         "not a solver": rewrite(blob, lambda h: h["__metadata__"].pop("format")),
+        "no step counts": rewrite(blob, lambda h: h["__metadata__"].pop("nfes")),
         "unknown base": set_meta("base", "magic_solver"),
         "nan sigma": poke("nfe3.sigmas", [14.6, float("nan"), 0.5, 0.0]),
         "non-monotone": poke("nfe3.sigmas", [14.6, 0.5, 2.0, 0.0]),
