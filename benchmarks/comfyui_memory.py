@@ -79,14 +79,21 @@ def import_comfyui():
         install_torchvision_placeholder()
 
 
-def build(name: str, device):
-    """A ModelPatcher with random bf16 weights on ``device``, and (positive, negative, cfg)."""
-    import comfy.model_patcher
+def model_config(name: str):
+    """ComfyUI's model config for ``name`` (a CASES key), computing in bf16."""
     import comfy.supported_models
 
     class_name, unet_config, _ = CASES[name]
     config = getattr(comfy.supported_models, class_name)(dict(unet_config))
     config.set_inference_dtype(torch.bfloat16, None)
+    return config
+
+
+def build(name: str, device):
+    """A ModelPatcher with random bf16 weights on ``device``, and (positive, negative, cfg)."""
+    import comfy.model_patcher
+
+    config = model_config(name)
     gen = torch.Generator(device).manual_seed(0)
     with torch.inference_mode():  # as ComfyUI's loaders create weights
         model = config.get_model({}, device=device)
@@ -121,13 +128,18 @@ def _process_memory_kib(field: str) -> int:
         return int(next(line for line in status if line.startswith(field)).split()[1])
 
 
+def _tracks_process_memory(device) -> bool:
+    """On a Linux CPU, peaks are the process's resident memory (resettable through clear_refs)."""
+    return device.type == "cpu" and os.path.exists("/proc/self/clear_refs")
+
+
 def peak_gib(device) -> float:
     """Peak GPU memory allocated since the last reset; on a CPU (Linux), the process's peak
     resident memory since the last reset."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    if device.type == "cpu" and os.path.exists("/proc/self/clear_refs"):
+    if _tracks_process_memory(device):
         return _process_memory_kib("VmHWM:") / 2 ** 20
     return float("nan")
 
@@ -136,7 +148,7 @@ def reset_peak(device):
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    elif device.type == "cpu" and os.path.exists("/proc/self/clear_refs"):
+    elif _tracks_process_memory(device):
         with open("/proc/self/clear_refs", "w") as refs:  # "5": the peak resident size restarts from now
             refs.write("5")
 
@@ -145,7 +157,7 @@ def measure(name, resolution, mode, device, args):
     from learned_solvers.distill.comfyui import distill_model
 
     # on a CPU the peaks are the process's resident memory, so count from what it held before the model
-    before = _process_memory_kib("VmRSS:") / 2 ** 20 if device.type == "cpu" and peak_gib(device) == peak_gib(device) else 0.0
+    before = _process_memory_kib("VmRSS:") / 2 ** 20 if _tracks_process_memory(device) else 0.0
     built = time.perf_counter()
     patcher, positive, negative, cfg = build(name, device)
     built = time.perf_counter() - built
@@ -247,17 +259,14 @@ def flash_attention_on_meta():
 def estimate(name, resolution, mode, args):
     """One gradient step of the fit (NFE 5, one sample) on meta tensors: its estimated peak."""
     import comfy.model_patcher
-    import comfy.supported_models
 
     from learned_solvers.distill.comfyui import _constant_weights
     from learned_solvers.distill.fit import _loss, checkpointed_blocks, checkpointed_model
     from learned_solvers.learned_samplers import sample_learned
 
     meta = torch.device("meta")
-    class_name, unet_config, channels = CASES[name]
-    config = getattr(comfy.supported_models, class_name)(dict(unet_config))
-    config.set_inference_dtype(torch.bfloat16, None)
-    model = config.get_model({}, device=meta).to(meta)
+    channels = CASES[name][2]
+    model = model_config(name).get_model({}, device=meta).to(meta)
     weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=meta, offload_device=meta)
     if args.weights_require_grad:  # weights copied on use by ComfyUI's cast layers, gradients flowing to them
