@@ -70,13 +70,11 @@ def import_comfyui():
     if not root or not os.path.isfile(os.path.join(root, "comfy", "samplers.py")):
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout (a clone of Comfy-Org/ComfyUI)")
     sys.path.insert(0, root)
-    import importlib.util
+    # ComfyUI imports torchvision at start; these models never use it
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from comfyui_env import install_placeholders
 
-    if importlib.util.find_spec("torchvision") is None:  # ComfyUI imports it at start, these models never use it
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-        from comfyui_env import install_torchvision_placeholder
-
-        install_torchvision_placeholder()
+    install_placeholders()
 
 
 def model_config(name: str):

@@ -1,7 +1,10 @@
 """Import a real ComfyUI checkout named by COMFYUI_PATH, or skip with the reason.
 
-ComfyUI imports torchvision at start-up but none of the code these tests touch uses it; where
-it is not installed (there is no CPU wheel here) an import-only placeholder stands in.
+ComfyUI imports torchvision at start-up, and two of its core node files import torchaudio and
+spandrel; none of the code these tests touch uses them. Where they are not installed (the
+registry has no CPU wheels of them) import-only placeholders stand in, so every core node loads
+as it does on a user's machine (the web page expects them: without UpscaleModelLoader its model
+browser raises on every checkpoint widget).
 """
 
 import importlib.abc
@@ -26,9 +29,15 @@ def _placeholder_attribute(name):
     return types.SimpleNamespace()
 
 
-class _TorchvisionPlaceholder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+PLACEHOLDER_MODULES = ("torchvision", "torchaudio", "spandrel")
+
+
+class _ImportOnlyPlaceholder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self, names):
+        self.names = tuple(names)
+
     def find_spec(self, name, path, target=None):
-        if name == "torchvision" or name.startswith("torchvision."):
+        if name.split(".")[0] in self.names:
             return importlib.machinery.ModuleSpec(name, self, is_package=True)
         return None
 
@@ -42,10 +51,12 @@ class _TorchvisionPlaceholder(importlib.abc.MetaPathFinder, importlib.abc.Loader
         pass
 
 
-def install_torchvision_placeholder():
-    """Let ``import torchvision`` succeed (as an empty module) where it is not installed."""
-    if importlib.util.find_spec("torchvision") is None:
-        sys.meta_path.append(_TorchvisionPlaceholder())
+def install_placeholders():
+    """Let ``import torchvision`` (and torchaudio, spandrel) succeed, as empty modules, where
+    they are not installed."""
+    missing = [name for name in PLACEHOLDER_MODULES if importlib.util.find_spec(name) is None]
+    if missing and not any(isinstance(f, _ImportOnlyPlaceholder) for f in sys.meta_path):
+        sys.meta_path.append(_ImportOnlyPlaceholder(missing))
 
 
 def import_comfyui():
@@ -58,7 +69,7 @@ def import_comfyui():
                     allow_module_level=True)
     if root not in sys.path:
         sys.path.insert(0, root)
-    install_torchvision_placeholder()
+    install_placeholders()
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True

@@ -6,96 +6,19 @@ directory whose custom_nodes folder links this pack and a test-only pack of tiny
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from comfyui_env import SKIP_REASON
 
-ROOT = Path(__file__).resolve().parents[1]
-COMFYUI = os.environ.get("COMFYUI_PATH")
-if not COMFYUI:
+if not os.environ.get("COMFYUI_PATH"):
     pytest.skip(SKIP_REASON, allow_module_level=True)
 
+from comfyui_server import Server  # noqa: E402
+
 NODES = ["LSDistillSampler", "LSLearnedSampler", "LSLearnedSigmas", "LSLoadLearnedSolver", "LSSaveLearnedSolver",
-         "LSPullLearnedSolver",
-         "LSSolverFamilySampler"]
-TESTS = Path(__file__).resolve().parent
-# ComfyUI imports torchvision at start-up only; the server gets the same placeholder as in-process tests
-SITE = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import comfyui_env; comfyui_env.install_torchvision_placeholder()\n"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, base: Path):
-        self.base, self.port = base, free_port()
-        (base / "custom_nodes").mkdir(parents=True)
-        (base / "custom_nodes" / "learned_solvers_pack").symlink_to(ROOT, target_is_directory=True)
-        (base / "custom_nodes" / "ls_test_pack").symlink_to(ROOT / "tests" / "comfyui_test_pack",
-                                                            target_is_directory=True)
-        (base / "site").mkdir()
-        (base / "site" / "sitecustomize.py").write_text(SITE)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(base / "site"), os.environ.get("PYTHONPATH", "")])}
-        self.log = open(base / "server.log", "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(base), "--disable-auto-launch"],
-            cwd=COMFYUI, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("ComfyUI exited:\n" + (base / "server.log").read_text()[-3000:])
-            try:
-                self.get("/system_stats")
-                return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("ComfyUI did not start:\n" + (base / "server.log").read_text()[-3000:])
-
-    def get(self, path):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
-            return json.loads(response.read())
-
-    def post(self, path, body):
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            text = response.read()
-            return json.loads(text) if text else None
-
-    def run(self, prompt, timeout=120):
-        """Queue ``prompt`` and wait for its history entry."""
-        prompt_id = self.post("/prompt", {"prompt": prompt})["prompt_id"]
-        return self.wait(prompt_id, timeout)
-
-    def wait(self, prompt_id, timeout=120):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            history = self.get(f"/history/{prompt_id}")
-            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-                return history[prompt_id]
-            if prompt_id in history and history[prompt_id].get("status", {}).get("status_str") == "error":
-                return history[prompt_id]
-            time.sleep(0.5)
-        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+         "LSPullLearnedSolver", "LSSolverFamilySampler"]
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +86,8 @@ def test_example_workflows_are_served_as_templates(server):
 
 @pytest.mark.parametrize("kind", ["eps", "flow"])
 def test_distill_then_sample_then_load_back(server, kind):
-    began = time.time()
     entry = server.run(distill_prompt(kind, f"server_{kind}"))
     assert entry["status"]["status_str"] == "success", entry["status"]
-    assert time.time() - began < 120
     fitted = json.loads(entry["outputs"]["9"]["text"][0])
     assert len(fitted) == 5 and fitted[-1] == 0
     assert (server.base / "models" / "learned_solvers" / f"server_{kind}.safetensors").is_file()
@@ -179,12 +100,12 @@ def test_distill_then_sample_then_load_back(server, kind):
 
 def test_cancel_mid_distill_leaves_no_file_and_the_next_prompt_runs(server):
     prompt_id = server.post("/prompt", {"prompt": distill_prompt("eps", "cancelled", iterations=5000)})["prompt_id"]
-    deadline = time.time() + 60
+    deadline = time.time() + 300
     while time.time() < deadline and not server.get("/queue")["queue_running"]:
         time.sleep(0.2)
     time.sleep(3)  # into the teacher or the fit
     server.post("/interrupt", {})
-    entry = server.wait(prompt_id, timeout=60)
+    entry = server.wait(prompt_id, timeout=300)
     assert entry["status"]["status_str"] == "error"
     assert not list((server.base / "models" / "learned_solvers").glob("cancelled*"))
     entry = server.run(distill_prompt("eps", "after"))
