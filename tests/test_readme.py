@@ -15,7 +15,11 @@ def test_python_api_example_runs():
     solver, same, images = namespace["solver"], namespace["same"], namespace["images"]
     assert solver.nfes == [4, 6]
     assert same.shape == images.shape == (2, 4, 16, 16)
-    assert (same - images).abs().max() < 1e-5
+    # with the grid in float64 the bound sampler is the solver's own sample; ComfyUI hands it a
+    # float32 grid, whose rounding (relative 6e-8) moves a 4-step result by up to about 3e-5
+    exact = namespace["sampler"](namespace["my_denoiser"], namespace["x"], namespace["sigmas"])
+    assert (exact - images).abs().max() < 1e-6
+    assert (same - images).abs().max() < 1e-4 * images.abs().max()
     for nfe in solver.nfes:
         assert solver.fits[nfe].held_out_rmse <= solver.fits[nfe].base_held_out_rmse
 
