@@ -59,3 +59,43 @@ def tiny_conditioning(seed: int = 1, kind: str = "eps"):
     pooled = torch.randn(1, 16, generator=gen)
     return ([[positive, {"pooled_output": pooled, "guidance": 3.5}]],
             [[negative, {"pooled_output": torch.zeros(1, 16), "guidance": 3.5}]])
+
+
+# An SD1.5 checkpoint as small as ComfyUI's detection allows: its SD15 config needs 320 model
+# channels and a 768-wide context, and its text encoder is always the full CLIP-L; one UNet
+# level, no middle block and a TAESD VAE keep the rest small (about 270 MB in float16).
+TINY_SD15_CHECKPOINT_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [1],
+    "transformer_depth": [1], "channel_mult": [1], "transformer_depth_middle": -2,
+    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8, "num_head_channels": -1,
+    "transformer_depth_output": [1, 1],
+}
+
+
+def write_tiny_sd15_checkpoint(path, seed: int = 0):
+    """Write a random-weight SD1.5 checkpoint that ComfyUI's CheckpointLoaderSimple detects as
+    SD15 and loads with no missing keys: the UNet above, a full CLIP-L text encoder and a TAESD
+    VAE, every tensor float16 with small random values."""
+    import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+    import comfy.ops
+    import comfy.sd1_clip
+    import comfy.taesd.taesd
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    parts = {
+        "model.diffusion_model.": openaimodel.UNetModel(**TINY_SD15_CHECKPOINT_UNET,
+                                                        operations=comfy.ops.disable_weight_init),
+        "cond_stage_model.": comfy.sd1_clip.SDClipModel(device="cpu"),
+        "first_stage_model.": comfy.taesd.taesd.TAESD(latent_channels=4),
+    }
+    state = {}
+    for prefix, module in parts.items():
+        for key, value in module.state_dict().items():
+            if key.endswith("position_ids") or not value.is_floating_point():
+                state[prefix + key] = value.contiguous()
+            else:
+                state[prefix + key] = (torch.randn(value.shape, generator=gen) * 0.02).half()
+    save_file(state, str(path))
+    return path
