@@ -5,7 +5,9 @@ Python package. Importing it is cheap and needs no ComfyUI: the nodes are built 
 ComfyUI asks for them through ``comfy_entrypoint``.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "comfy_entrypoint"]
 
 
 async def comfy_entrypoint():

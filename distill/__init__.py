@@ -15,9 +15,10 @@ from .fit import (
     rmse,
     start_noise_scale,
 )
-from .grid import MonotoneGrid, grid_coordinate, sigmas_from_coordinate
+from ..schedules.grids import grid_coordinate, sigmas_from_coordinate
+from ..schedules.solver import FittedSteps, LearnedSolver
+from .grid import MonotoneGrid
 from .pipeline import distill, initial_grid, start_states
-from .result import FittedSteps, LearnedSolver
 from .teacher import TeacherRecord, record_teacher, teacher_grid
 
 __all__ = [

@@ -28,9 +28,9 @@ import torch
 
 from ..learned_samplers import half_log_snr, sigma_from_half_log_snr
 from .fit import checkpointed_blocks
-from .grid import grid_coordinate
+from ..schedules.grids import grid_coordinate
+from ..schedules.solver import FittedSteps
 from .pipeline import distill
-from .result import FittedSteps
 
 
 MEMORY_MODES = ("auto", "model calls", "blocks")

@@ -24,8 +24,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..learned_samplers import half_log_snr, sample_learned
-from .grid import MonotoneGrid, grid_coordinate
-from .result import FittedSteps
+from ..schedules.grids import grid_coordinate
+from ..schedules.solver import FittedSteps
+from .grid import MonotoneGrid
 
 DEFAULT_LR = {"grid": 0.1, "end": 0.2, "offsets": 0.1, "coefficients": 0.05, "step_scales": 0.05}
 METHODS = ("auto", "dode", "ld3", "s4s", "s4s_alt")

@@ -1,41 +1,15 @@
 """Learnable time grids: monotone by construction, endpoints pinned, inside the model's range.
 
-Positions are kept in a model-independent coordinate ``u`` in [0, 1]: the fraction of the way
-from the model's sigma_max (u = 0) to its sigma_min (u = 1) measured in flow-equivalent time
-``v = sigma / (alpha + sigma)`` (= t for flow models, sigma / (1 + sigma) for VE models). A grid
-fitted on one model maps onto another model's range through ``u``.
+Positions are kept in the grid coordinate ``u`` of ``schedules.grids`` (the fraction of the way
+from the grid's first to its last positive sigma in flow-equivalent time).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..learned_samplers import half_log_snr, sigma_from_half_log_snr, signal_scale
-
-
-def flow_time(sigma: torch.Tensor, convention: str) -> torch.Tensor:
-    """v = sigma / (alpha + sigma): the flow time with the same signal-to-noise ratio."""
-    return sigma / (signal_scale(sigma, convention) + sigma)
-
-
-def sigma_from_flow_time(v: torch.Tensor, convention: str) -> torch.Tensor:
-    if convention == "flow":
-        return v
-    return v / (1 - v)
-
-
-def grid_coordinate(sigmas, sigma_range, convention: str) -> torch.Tensor:
-    """u [N+1] of host ``sigmas`` within ``sigma_range`` = (sigma_min, sigma_max); 0 maps past 1."""
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    low, high = (flow_time(torch.tensor(float(s), dtype=torch.float64), convention) for s in sigma_range)
-    return (high - flow_time(sigmas, convention)) / (high - low)
-
-
-def sigmas_from_coordinate(u, sigma_range, convention: str) -> torch.Tensor:
-    """Host sigmas for coordinates ``u`` within ``sigma_range`` (the inverse of grid_coordinate)."""
-    u = torch.as_tensor(u, dtype=torch.float64)
-    low, high = (flow_time(torch.as_tensor(s, dtype=torch.float64), convention) for s in sigma_range)
-    return sigma_from_flow_time(high - u * (high - low), convention)
+from ..learned_samplers import half_log_snr, sigma_from_half_log_snr
+from ..schedules.grids import grid_coordinate, sigmas_from_coordinate
 
 
 class MonotoneGrid(torch.nn.Module):

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..learned_samplers import BASE_SOLVERS, HISTORY, resolve_convention
 from ..schedules import exponential, karras, uniform
 from .fit import (
@@ -19,8 +19,8 @@ from .fit import (
     rmse,
     start_noise_scale,
 )
-from .grid import grid_coordinate
-from .result import FittedSteps, LearnedSolver
+from ..schedules.grids import grid_coordinate
+from ..schedules.solver import FittedSteps, LearnedSolver
 from .teacher import record_teacher, teacher_grid
 
 GRID_NAMES = ("karras", "exponential", "uniform")

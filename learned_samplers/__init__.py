@@ -18,6 +18,7 @@ from .conventions import (
 )
 from .gaussian_mixture import GaussianMixtureDenoiser, single_gaussian_ode_solution
 from .solver import (
+    LEARNED_OPTIONS,
     SAMPLERS,
     check_sigmas,
     sample_dpmpp_2m,
@@ -33,6 +34,7 @@ __all__ = [
     "BASE_SOLVERS",
     "CONVENTIONS",
     "HISTORY",
+    "LEARNED_OPTIONS",
     "PREDICTIONS",
     "SAMPLERS",
     "GaussianMixtureDenoiser",

@@ -36,6 +36,10 @@ except ImportError:  # pragma: no cover - tqdm is optional
         return range(n)
 
 
+# the options of ``sample_learned`` that a fit learns (tensors per step), in file order
+LEARNED_OPTIONS = ("eval_offsets", "d_corrections", "step_scales", "corrector_corrections")
+
+
 def check_sigmas(sigmas, convention: str = "ve") -> torch.Tensor:
     """Validate a sigma grid [N+1] (host units) and return its values as CPU float64.
 

@@ -12,15 +12,22 @@ from .grids import (
     align_your_steps,
     discrete_vp_sigmas,
     exponential,
+    grid_coordinate,
     karras,
     loglinear_interp,
     reference_schedules,
     sd15_schedules,
+    sigmas_from_coordinate,
     time_uniform,
     uniform,
 )
+from .solver import FittedSteps, LearnedSolver
 
 __all__ = [
+    "FittedSteps",
+    "LearnedSolver",
+    "grid_coordinate",
+    "sigmas_from_coordinate",
     "LearnedSolverFileError",
     "load_learned_solver",
     "read_metadata",

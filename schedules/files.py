@@ -4,7 +4,7 @@ Layout (format version 1; ``FORMAT.md`` is the written spec):
 
 * tensors, float64, per fitted NFE ``N``: ``nfe{N}.sigmas`` [N+1] (host units, strictly
   decreasing, may end in 0), ``nfe{N}.coordinate`` [N+1] (the grid as fractions of the sigma
-  range, see ``distill.grid``), and where learned ``nfe{N}.eval_offsets`` [N],
+  range, see ``grids.grid_coordinate``), and where learned ``nfe{N}.eval_offsets`` [N],
   ``nfe{N}.d_corrections`` [N, K], ``nfe{N}.step_scales`` [N], ``nfe{N}.corrector_corrections`` [N];
 * ``__metadata__`` (all strings): ``format`` = ``learned-solver``, ``format_version``, ``method``,
   ``base``, ``convention``, ``corrector``, ``nfes``, ``sigma_min``, ``sigma_max``, ``fits``
@@ -27,14 +27,14 @@ import tempfile
 
 import torch
 
-from ..learned_samplers import BASE_SOLVERS, HISTORY
+from ..learned_samplers import BASE_SOLVERS, HISTORY, LEARNED_OPTIONS
+from .solver import FittedSteps, LearnedSolver
 
 FORMAT_NAME = "learned-solver"
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 1 << 20  # a learned solver is kilobytes; anything near a megabyte is not one
 MAX_HEADER_BYTES = 256 << 10
 MAX_NFE = 1000
-OPTION_NAMES = ("eval_offsets", "d_corrections", "step_scales", "corrector_corrections")
 OPTIONAL_METADATA = ("model_family", "prediction", "shift", "fingerprint", "cfg", "resolution", "author",
                      "description", "license", "package_version")
 EXTENSION = ".safetensors"
@@ -201,8 +201,6 @@ def solver_from_bytes(blob: bytes, path="file"):
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from ..distill.result import FittedSteps, LearnedSolver
-
     header = read_header(blob, path)
     metadata = header.get("__metadata__", {})
     if metadata.get("format") != FORMAT_NAME:
@@ -246,7 +244,7 @@ def solver_from_bytes(blob: bytes, path="file"):
     expected = set()
     fits = {}
     for n in nfes:
-        keys = {name: f"nfe{n}.{name}" for name in ("sigmas", "coordinate") + OPTION_NAMES}
+        keys = {name: f"nfe{n}.{name}" for name in ("sigmas", "coordinate") + LEARNED_OPTIONS}
         for required in ("sigmas", "coordinate"):
             if keys[required] not in tensors:
                 _fail(path, f"lists NFE {n} but has no tensor {keys[required]!r}")

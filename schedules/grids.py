@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from ..learned_samplers import signal_scale
+
 
 def _finish(sigmas: torch.Tensor, final_zero: bool) -> torch.Tensor:
     if final_zero:
@@ -63,6 +65,38 @@ def loglinear_interp(sigmas, steps: int) -> torch.Tensor:
     t = (dst - src[idx - 1]) / (src[idx] - src[idx - 1])
     out = logs[idx - 1] + t * (logs[idx] - logs[idx - 1])
     return out.exp().flip(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid coordinate: a model-independent position u in [0, 1], the fraction of the way from
+# the model's sigma_max (u = 0) to its sigma_min (u = 1) measured in flow-equivalent time
+# v = sigma / (alpha + sigma) (= t for flow models, sigma / (1 + sigma) for VE models). A grid
+# fitted on one model maps onto another model's range through u.
+
+def flow_time(sigma: torch.Tensor, convention: str) -> torch.Tensor:
+    """v = sigma / (alpha + sigma): the flow time with the same signal-to-noise ratio."""
+    return sigma / (signal_scale(sigma, convention) + sigma)
+
+
+def sigma_from_flow_time(v: torch.Tensor, convention: str) -> torch.Tensor:
+    """The inverse of ``flow_time``."""
+    if convention == "flow":
+        return v
+    return v / (1 - v)
+
+
+def grid_coordinate(sigmas, sigma_range, convention: str) -> torch.Tensor:
+    """u [N+1] of host ``sigmas`` within ``sigma_range`` = (sigma_min, sigma_max); 0 maps past 1."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    low, high = (flow_time(torch.tensor(float(s), dtype=torch.float64), convention) for s in sigma_range)
+    return (high - flow_time(sigmas, convention)) / (high - low)
+
+
+def sigmas_from_coordinate(u, sigma_range, convention: str) -> torch.Tensor:
+    """Host sigmas for coordinates ``u`` within ``sigma_range`` (the inverse of grid_coordinate)."""
+    u = torch.as_tensor(u, dtype=torch.float64)
+    low, high = (flow_time(torch.as_tensor(s, dtype=torch.float64), convention) for s in sigma_range)
+    return sigma_from_flow_time(high - u * (high - low), convention)
 
 
 def discrete_vp_sigmas(beta_start: float = 0.00085, beta_end: float = 0.012, timesteps: int = 1000) -> torch.Tensor:

@@ -70,3 +70,12 @@ def test_loads_like_a_comfyui_custom_node_under_an_odd_name(tmp_path):
                      "learned_samplers.conventions", "learned_samplers.gaussian_mixture",
                      "schedules.grids", "distill", "__main__"):
         assert expected in loaded
+
+
+def test_the_package_version_is_the_one_pyproject_declares():
+    import tomllib
+
+    from learned_solvers import __version__
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert __version__ == declared

@@ -1,4 +1,8 @@
-"""The learned solver: fitted parameters per NFE, with provenance, ready to sample."""
+"""The learned solver: fitted parameters per NFE, with provenance, ready to sample.
+
+The product's own type: the fitter (``distill``) makes it, the file format (``files``) reads
+and writes it, the hosts' adapters sample with it.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..learned_samplers import sample_learned
-
-TENSOR_OPTIONS = ("eval_offsets", "d_corrections", "step_scales", "corrector_corrections")
+from ..learned_samplers import LEARNED_OPTIONS, sample_learned
+from .grids import grid_coordinate, loglinear_interp, sigmas_from_coordinate
 
 
 @dataclass
@@ -18,7 +21,7 @@ class FittedSteps:
     """One fitted NFE. Tensors are float64 on the CPU, N = len(sigmas) - 1 model calls.
 
     sigmas [N+1]: host sigmas (a final 0 is a denoising step); coordinate [N+1]: the same grid
-    as fractions of the model's sigma range (see ``distill.grid``), for other models' ranges;
+    as fractions of the model's sigma range (see ``grids.grid_coordinate``), for other models' ranges;
     eval_offsets [N], d_corrections [N, K], step_scales [N], corrector_corrections [N]: the
     solver options that differ from the base (None where not learned).
     """
@@ -43,7 +46,7 @@ class FittedSteps:
 
     def options(self) -> dict:
         """The tensor options of ``sample_learned`` this fit sets."""
-        return {name: getattr(self, name) for name in TENSOR_OPTIONS if getattr(self, name) is not None}
+        return {name: getattr(self, name) for name in LEARNED_OPTIONS if getattr(self, name) is not None}
 
 
 @dataclass
@@ -97,9 +100,6 @@ class LearnedSolver:
         interpolated from the nearest fitted grid. ``sigma_range`` = (sigma_min, sigma_max) of
         another model remaps the grid through its model-independent coordinate.
         """
-        from ..schedules import loglinear_interp
-        from .grid import grid_coordinate, sigmas_from_coordinate
-
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a whole number >= 1; got {steps!r}")
         if not 0 < denoise <= 1:
