@@ -259,7 +259,8 @@ def estimate(name, resolution, mode, args):
     import comfy.model_patcher
 
     from learned_solvers.distill.comfyui import _constant_weights
-    from learned_solvers.distill.fit import _loss, checkpointed_blocks, checkpointed_model
+    from learned_solvers.distill.fit import _loss
+    from learned_solvers.distill.memory import checkpointed_blocks, checkpointed_model
     from learned_solvers.learned_samplers import sample_learned
 
     meta = torch.device("meta")

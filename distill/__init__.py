@@ -7,14 +7,12 @@ from .fit import (
     FitCancelled,
     FitDiverged,
     autocast_model,
-    checkpointed_blocks,
-    checkpointed_model,
     fit_gradient,
     fit_step_scales,
-    network_blocks,
     rmse,
     start_noise_scale,
 )
+from .memory import checkpointed_blocks, checkpointed_model, network_blocks
 from ..schedules.grids import grid_coordinate, sigmas_from_coordinate
 from ..schedules.solver import FittedSteps, LearnedSolver
 from .grid import MonotoneGrid

@@ -27,9 +27,9 @@ import math
 import torch
 
 from ..learned_samplers import half_log_snr, sigma_from_half_log_snr
-from .fit import checkpointed_blocks
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
+from .memory import checkpointed_blocks
 from .pipeline import distill
 
 

@@ -16,17 +16,16 @@ Each method is a subset of ``sample_learned``'s options:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ..learned_samplers import half_log_snr, sample_learned
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .grid import MonotoneGrid
+from .memory import checkpointed_model
 
 DEFAULT_LR = {"grid": 0.1, "end": 0.2, "offsets": 0.1, "coefficients": 0.05, "step_scales": 0.05}
 METHODS = ("auto", "dode", "ld3", "s4s", "s4s_alt")
@@ -52,72 +51,6 @@ def autocast_model(model, dtype):
         return out.to(x.dtype)
 
     return call
-
-
-def checkpointed_model(model):
-    """``model`` with each call recomputed in backward instead of storing its activations."""
-
-    def call(x, sigma, **kwargs):
-        return checkpoint(model, x, sigma, use_reentrant=False, **kwargs)
-
-    return call
-
-
-def network_blocks(module: torch.nn.Module) -> list:
-    """The outermost submodules of ``module`` that are not plain containers (ModuleList,
-    Sequential, ModuleDict): a UNet's res/attention blocks, a DiT's transformer blocks."""
-    containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
-    blocks = []
-    for child in module.children():
-        if isinstance(child, containers):
-            blocks += network_blocks(child)
-        else:
-            blocks.append(child)
-    return blocks
-
-
-@contextlib.contextmanager
-def checkpointed_blocks(module: torch.nn.Module):
-    """Within the context, every block of ``module`` (``network_blocks``) keeps only its inputs
-    when gradients are recorded and recomputes its activations in backward.
-
-    Inside a checkpointed model call this bounds a backward pass to one block's activations
-    instead of one whole network call's, for about one more forward per call. Calls without
-    gradients run unchanged. The blocks' own ``forward`` is restored on exit, also after an error.
-
-    A block may update its inputs in place (Flux's double blocks do ``txt += ...``). The
-    checkpoint keeps references to its inputs for the recomputation, so each run gets its own
-    copy of every tensor input: the recomputation then sees the values of the original forward
-    (one transient copy of the block's inputs per run). The caller then no longer sees such an
-    in-place update, only the block's return value, which is what ComfyUI's networks pass on.
-    """
-    patched = []
-    for block in network_blocks(module):
-        own = block.__dict__.get("forward")  # an instance-level forward set by someone else stays theirs
-        forward = block.forward
-
-        def on_copies(*args, _forward=forward, **kwargs):
-            return _forward(*(_copied(a) for a in args), **{k: _copied(v) for k, v in kwargs.items()})
-
-        def recomputed(*args, _forward=forward, _on_copies=on_copies, **kwargs):
-            if not torch.is_grad_enabled():
-                return _forward(*args, **kwargs)
-            return checkpoint(_on_copies, *args, use_reentrant=False, **kwargs)
-
-        block.forward = recomputed
-        patched.append((block, own))
-    try:
-        yield len(patched)
-    finally:
-        for block, own in patched:
-            if own is None:
-                del block.forward
-            else:
-                block.forward = own
-
-
-def _copied(value):
-    return value.clone() if torch.is_tensor(value) else value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,9 +311,6 @@ __all__ = [
     "METHODS",
     "StudentParameters",
     "autocast_model",
-    "checkpointed_blocks",
-    "checkpointed_model",
-    "network_blocks",
     "fit_gradient",
     "fit_step_scales",
     "rmse",

@@ -1,0 +1,83 @@
+"""Bounding the fit's memory: recompute model calls, or every block inside them, in backward.
+
+A gradient step backpropagates through every model call of the unrolled student. Stored, the
+activations of N calls of a large network do not fit a consumer GPU; recomputed, a step holds
+one call's (``checkpointed_model``) or one block's (``checkpointed_blocks``) at a time, for
+about one more forward each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def checkpointed_model(model):
+    """``model`` with each call recomputed in backward instead of storing its activations."""
+
+    def call(x, sigma, **kwargs):
+        return checkpoint(model, x, sigma, use_reentrant=False, **kwargs)
+
+    return call
+
+
+def network_blocks(module: torch.nn.Module) -> list:
+    """The outermost submodules of ``module`` that are not plain containers (ModuleList,
+    Sequential, ModuleDict): a UNet's res/attention blocks, a DiT's transformer blocks."""
+    containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
+    blocks = []
+    for child in module.children():
+        if isinstance(child, containers):
+            blocks += network_blocks(child)
+        else:
+            blocks.append(child)
+    return blocks
+
+
+@contextlib.contextmanager
+def checkpointed_blocks(module: torch.nn.Module):
+    """Within the context, every block of ``module`` (``network_blocks``) keeps only its inputs
+    when gradients are recorded and recomputes its activations in backward.
+
+    Inside a checkpointed model call this bounds a backward pass to one block's activations
+    instead of one whole network call's, for about one more forward per call. Calls without
+    gradients run unchanged. The blocks' own ``forward`` is restored on exit, also after an error.
+
+    A block may update its inputs in place (Flux's double blocks do ``txt += ...``). The
+    checkpoint keeps references to its inputs for the recomputation, so each run gets its own
+    copy of every tensor input: the recomputation then sees the values of the original forward
+    (one transient copy of the block's inputs per run). The caller then no longer sees such an
+    in-place update, only the block's return value, which is what ComfyUI's networks pass on.
+    """
+    patched = []
+    for block in network_blocks(module):
+        own = block.__dict__.get("forward")  # an instance-level forward set by someone else stays theirs
+        forward = block.forward
+
+        def on_copies(*args, _forward=forward, **kwargs):
+            return _forward(*(_copied(a) for a in args), **{k: _copied(v) for k, v in kwargs.items()})
+
+        def recomputed(*args, _forward=forward, _on_copies=on_copies, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_on_copies, *args, use_reentrant=False, **kwargs)
+
+        block.forward = recomputed
+        patched.append((block, own))
+    try:
+        yield len(patched)
+    finally:
+        for block, own in patched:
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own
+
+
+def _copied(value):
+    return value.clone() if torch.is_tensor(value) else value
+
+
+__all__ = ["checkpointed_blocks", "checkpointed_model", "network_blocks"]
