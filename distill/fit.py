@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..learned_samplers import half_log_snr, sample_learned
+from ..learned_samplers import CORRECTION_LIMIT, half_log_snr, sample_learned
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .grid import MonotoneGrid
@@ -128,6 +128,15 @@ class StudentParameters(torch.nn.Module):
         if last < steps:  # the last positive sigma may only be evaluated at a larger sigma
             offsets = torch.cat([offsets[:last], offsets[last:last + 1].clamp(max=0), offsets[last + 1:]])
         return offsets
+
+    @torch.no_grad()
+    def project(self):
+        """Back inside the bounds after an optimiser step: the grid's end, and every correction
+        within +-CORRECTION_LIMIT (the bound a file may hold)."""
+        self.grid.project()
+        for correction in (self.d_corrections, self.step_scales, self.corrector_corrections):
+            if correction is not None:
+                correction.clamp_(-CORRECTION_LIMIT, CORRECTION_LIMIT)
 
     def options(self, learn: set) -> tuple:
         sigmas = self.grid() if "grid" in learn else self.grid().detach()
@@ -276,7 +285,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
         rejected_in_a_row = 0
         torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], 1.0)
         optimizer.step()
-        params.grid.project()
+        params.project()
         last_good = copy.deepcopy(params.state_dict())
         if radius > 0 and delta.grad is not None:
             with torch.no_grad():

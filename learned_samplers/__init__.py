@@ -5,7 +5,7 @@ special cases; learned methods (LD3 grids, D-ODE step scales, S4S coefficients) 
 options. Framework-free: nothing here imports ComfyUI.
 """
 
-from .coefficients import BASE_SOLVERS, HISTORY, StepTables, apply_corrections, base_orders, base_tables
+from .coefficients import BASE_SOLVERS, CORRECTION_LIMIT, HISTORY, StepTables, apply_corrections, base_orders, base_tables
 from .conventions import (
     CONVENTIONS,
     PREDICTIONS,
@@ -33,6 +33,7 @@ from .solver import (
 __all__ = [
     "BASE_SOLVERS",
     "CONVENTIONS",
+    "CORRECTION_LIMIT",
     "HISTORY",
     "LEARNED_OPTIONS",
     "PREDICTIONS",

@@ -32,6 +32,12 @@ from .conventions import half_log_snr, signal_scale
 
 HISTORY = 4  # denoiser outputs (and states) a step may combine: iPNDM uses four
 
+# the largest correction a fit may learn: corrections are relative to the step's own update, and
+# fits land well inside +-1.1 (every base at NFE 3-10 on the mixture, the shipped preset); past
+# a few whole updates a "correction" no longer describes the base solver, and it is what turns
+# a hostile file's coefficients into NaN. The fitter projects onto it, the file reader enforces it.
+CORRECTION_LIMIT = 4.0
+
 BASE_SOLVERS = ("euler", "dpmpp_2m", "dpmpp_3m", "ipndm", "unipc_bh1", "unipc_bh2")
 
 _ADAMS_BASHFORTH = {

@@ -27,7 +27,8 @@ import tempfile
 
 import torch
 
-from ..learned_samplers import BASE_SOLVERS, HISTORY, LEARNED_OPTIONS
+from ..learned_samplers import BASE_SOLVERS, CONVENTIONS, CORRECTION_LIMIT, HISTORY, LEARNED_OPTIONS, half_log_snr
+from .grids import grid_coordinate
 from .solver import FittedSteps, LearnedSolver
 
 FORMAT_NAME = "learned-solver"
@@ -35,6 +36,10 @@ FORMAT_VERSION = 1
 MAX_FILE_BYTES = 1 << 20  # a learned solver is kilobytes; anything near a megabyte is not one
 MAX_HEADER_BYTES = 256 << 10
 MAX_NFE = 1000
+# the largest sigma_max of any VE model (SD1.x/SDXL 14.6, EDM 80, zero-terminal-SNR schedules
+# about 4.5e3) is far below this; a larger one is no model's, and its start noise overflows
+MAX_VE_SIGMA = 1e5
+COORDINATE_TOLERANCE = 1e-6  # |u - grid_coordinate(sigmas)|: u is derived, so it must agree
 OPTIONAL_METADATA = ("model_family", "prediction", "shift", "fingerprint", "cfg", "resolution", "author",
                      "description", "license", "package_version")
 EXTENSION = ".safetensors"
@@ -148,7 +153,7 @@ def read_header(blob: bytes, path="file") -> dict:
                     ".pt/.ckpt pickle is refused on purpose)")
     try:
         header = json.loads(blob[8:8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         _fail(path, "has a safetensors header that is not valid JSON (corrupted file)")
     if not isinstance(header, dict):
         _fail(path, "has a safetensors header that is not a JSON object (corrupted file)")
@@ -192,12 +197,24 @@ def _parse_float(metadata, key, path):
 def _parse_json(metadata, key, path):
     try:
         return json.loads(metadata.get(key, "{}"))
-    except json.JSONDecodeError:
-        _fail(path, f"metadata {key!r} is not valid JSON")
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested thousands deep
+        _fail(path, f"metadata {key!r} is not valid JSON (or nested too deep to be this format's)")
 
 
 def solver_from_bytes(blob: bytes, path="file"):
-    """A validated ``LearnedSolver`` from a file's bytes (see ``load_learned_solver``)."""
+    """A validated ``LearnedSolver`` from a file's bytes (see ``load_learned_solver``).
+
+    Every problem raises ``LearnedSolverFileError``; an error the checks below did not foresee
+    is reported as one too (a hostile file must never end in a traceback)."""
+    try:
+        return _solver_from_bytes(blob, path)
+    except LearnedSolverFileError:
+        raise
+    except (ArithmeticError, LookupError, RecursionError, TypeError, ValueError, RuntimeError) as err:
+        _fail(path, f"is malformed and could not be read ({type(err).__name__}: {str(err)[:120]})")
+
+
+def _solver_from_bytes(blob: bytes, path):
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -217,13 +234,13 @@ def solver_from_bytes(blob: bytes, path="file"):
         _fail(path, f"names base solver {base!r}, which this package does not know "
                     f"({', '.join(BASE_SOLVERS)}); upgrade the package")
     convention = _metadata_value(metadata, "convention", path)
-    if convention not in ("ve", "flow"):
-        _fail(path, f"has convention {convention!r}; it must be 've' or 'flow'")
+    if convention not in CONVENTIONS:
+        _fail(path, f"has convention {convention!r}; it must be one of {', '.join(CONVENTIONS)}")
     corrector = _metadata_value(metadata, "corrector", path)
     if corrector not in ("true", "false"):
         _fail(path, f"has corrector {corrector!r}; it must be 'true' or 'false'")
     sigma_min, sigma_max = _parse_float(metadata, "sigma_min", path), _parse_float(metadata, "sigma_max", path)
-    if not 0 < sigma_min < sigma_max or (convention == "flow" and sigma_max > 1):
+    if not 0 < sigma_min < sigma_max or sigma_max > (1 if convention == "flow" else MAX_VE_SIGMA):
         _fail(path, f"declares the sigma range ({sigma_min:g}, {sigma_max:g}), which is impossible for "
                     f"a {convention} model")
     listed = _metadata_value(metadata, "nfes", path)  # outside the try: the package error is a ValueError too
@@ -264,6 +281,7 @@ def solver_from_bytes(blob: bytes, path="file"):
             _fail(path, f"the NFE {n} sigmas are not strictly decreasing")
         if positive[-1] < sigma_min * (1 - 1e-9) or positive[0] > sigma_max * (1 + 1e-9):
             _fail(path, f"the NFE {n} sigmas leave the declared range [{sigma_min:g}, {sigma_max:g}]")
+        _check_learned_values(present, n, (sigma_min, sigma_max), convention, path)
         info = fits_info.get(str(n), {}) if isinstance(fits_info.get(str(n), {}), dict) else {}
         fits[n] = FittedSteps(
             **present, method=str(info.get("method", metadata.get("method", "learned"))),
@@ -278,6 +296,32 @@ def solver_from_bytes(blob: bytes, path="file"):
     return LearnedSolver(base=base, convention=convention, corrector=corrector == "true",
                          method=metadata.get("method", "learned"), sigma_range=(sigma_min, sigma_max),
                          fits=fits, provenance=provenance)
+
+
+def _check_learned_values(present: dict, n: int, sigma_range, convention: str, path):
+    """Refuse values no fit produces, which would sample to NaN or inf (see FORMAT.md, Bounds)."""
+    sigmas = present["sigmas"]
+    expected = grid_coordinate(sigmas, sigma_range, convention)
+    if not torch.allclose(present["coordinate"], expected, rtol=0, atol=COORDINATE_TOLERANCE):
+        _fail(path, f"the NFE {n} coordinate does not match its sigmas (it is derived from them; the "
+                    f"file was edited or corrupted)")
+    for name in ("d_corrections", "step_scales", "corrector_corrections"):
+        if name in present and present[name].abs().max() > CORRECTION_LIMIT:
+            _fail(path, f"tensor 'nfe{n}.{name}' holds {float(present[name].abs().max()):.3g}; a fit's "
+                        f"corrections stay within +-{CORRECTION_LIMIT:g} (whole steps of the base solver), so "
+                        f"this file would not sample sensibly")
+    if "eval_offsets" in present:
+        # a step evaluates the model between its neighbouring grid points, inside the model's range
+        positive = sigmas[sigmas > 0]
+        lam = half_log_snr(positive, convention)
+        gaps = (lam[1:] - lam[:-1]).tolist() or [0.0]
+        widest = torch.tensor([max(gaps[max(i - 1, 0):i + 1] or gaps[-1:]) for i in range(n)], dtype=torch.float64)
+        offsets = present["eval_offsets"]
+        low, high = (half_log_snr(torch.tensor(s, dtype=torch.float64), convention) for s in sigma_range[::-1])
+        evaluated = half_log_snr(sigmas[:n].clamp(min=sigma_range[0]), convention) + offsets
+        if (offsets.abs() > widest + 1e-9).any() or (evaluated < low - 1e-6).any() or (evaluated > high + 1e-6).any():
+            _fail(path, f"tensor 'nfe{n}.eval_offsets' moves model calls outside their steps or outside the "
+                        f"sigma range; a fit keeps them within the neighbouring grid points")
 
 
 def _number(value, default=float("nan")):

@@ -1,5 +1,6 @@
-"""Property-based: mutated and hostile learned-solver files either load as a valid solver or
-raise the package's own error, quickly; nothing else escapes and nothing hangs."""
+"""Property-based: mutated and hostile learned-solver files either load as a valid solver that
+samples to finite values, or raise the package's own error, quickly; nothing else escapes and
+nothing hangs."""
 
 import json
 import math
@@ -18,13 +19,13 @@ from learned_solvers.schedules import LearnedSolverFileError, solver_from_bytes
 from learned_solvers.schedules.files import FORMAT_VERSION, solver_metadata, solver_tensors
 
 SHAPE = (2, 8, 8)
+MODEL = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
 
 
 def _valid_blob():
     from safetensors.torch import save
 
-    model = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
-    solver = distill(model, SHAPE, sigma_min=0.0291675, sigma_max=14.6146412, nfe=[3, 5], method="auto",
+    solver = distill(MODEL, SHAPE, sigma_min=0.0291675, sigma_max=14.6146412, nfe=[3, 5], method="auto",
                      samples=8, validation=4, iterations=3, teacher_steps=12, convention="ve")
     return save(solver_tensors(solver), metadata=solver_metadata(solver, {"author": "fuzz", "cfg": 7.0}))
 
@@ -94,6 +95,22 @@ def poisoned_values(draw):
 
 
 @st.composite
+def absurd_values(draw):
+    """Finite values of any magnitude in one tensor (a scaled copy, or one value replaced)."""
+    header, data = header_and_data()
+    key = draw(st.sampled_from(TENSOR_KEYS))
+    start, end = header[key]["data_offsets"]
+    values = torch.frombuffer(bytes(data[start:end]), dtype=torch.float64).clone()
+    magnitude = 10.0 ** draw(st.integers(-3, 300)) * draw(st.sampled_from([1, -1]))
+    if draw(st.booleans()):
+        values = values * magnitude
+    else:
+        values[draw(st.integers(0, len(values) - 1))] = magnitude
+    data[start:end] = values.numpy().tobytes()
+    return assemble(header, data), False
+
+
+@st.composite
 def non_monotone(draw):
     header, data = header_and_data()
     key = draw(st.sampled_from([k for k in TENSOR_KEYS if k.endswith(".sigmas")]))
@@ -136,7 +153,8 @@ def metadata_garbage(draw):
     header, data = header_and_data()
     key = draw(st.sampled_from(METADATA_KEYS + ["format_version"]))
     header["__metadata__"][key] = draw(st.text(max_size=64) | st.sampled_from(
-        ["NaN", "Infinity", "-1", "1e999", "", "²", "{\"3\": {\"rejected_steps\": Infinity}}", "[]", "null", "0,0"]))
+        ["NaN", "Infinity", "-1", "1e999", "", "²", "{\"3\": {\"rejected_steps\": Infinity}}", "[]", "null", "0,0",
+         "[" * 100_000 + "]" * 100_000, "{\"3\": " * 5000 + "{}" + "}" * 5000]))
     return assemble(header, data), False
 
 
@@ -152,7 +170,7 @@ def header_garbage(draw):
     return assemble(header, data), False
 
 
-HOSTILE = st.one_of(truncated(), bit_flipped(), huge_header(), random_bytes(), pickle_renamed(), poisoned_values(),
+HOSTILE = st.one_of(truncated(), bit_flipped(), huge_header(), random_bytes(), pickle_renamed(), poisoned_values(), absurd_values(),
                     non_monotone(), wrong_shape(), bad_offsets(), future_version(), metadata_garbage(),
                     header_garbage())
 
@@ -176,6 +194,8 @@ def test_hostile_files_load_validly_or_raise_the_package_error_fast(case):
             sigmas = solver.sigmas(nfe)
             assert torch.isfinite(sigmas).all() and (sigmas[1:] < sigmas[:-1]).all()
             assert sigmas[0] <= solver.sigma_range[1] * (1 + 1e-9)
+            start = torch.randn((2,) + SHAPE, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
+            assert torch.isfinite(solver.sample(MODEL, start, nfe)).all(), f"NFE {nfe} samples to NaN/inf"
     assert time.perf_counter() - began < 1.0
 
 

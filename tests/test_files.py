@@ -1,5 +1,6 @@
 """Learned-solver files: round trip, atomic writes, and refusal of broken or hostile files."""
 
+import copy
 import json
 import os
 import pickle
@@ -31,7 +32,13 @@ def solver():
 
 @pytest.fixture()
 def blob(solver, tmp_path):
-    path = save_learned_solver(solver, tmp_path / "fit", metadata={"author": "someone", "cfg": 7.5})
+    """The solver's file, every fit holding every learned tensor (the ones it did not learn as 0)."""
+    full = copy.deepcopy(solver)
+    for nfe, fit in full.fits.items():
+        for name, shape in (("eval_offsets", (nfe,)), ("d_corrections", (nfe, 3)), ("step_scales", (nfe,))):
+            if getattr(fit, name) is None:
+                setattr(fit, name, torch.zeros(shape, dtype=torch.float64))
+    path = save_learned_solver(full, tmp_path / "fit", metadata={"author": "someone", "cfg": 7.5})
     return open(path, "rb").read()
 
 
@@ -95,6 +102,13 @@ def hostile_files(blob):
             data[start:end] = torch.tensor(values, dtype=torch.float64).numpy().tobytes()
         return rewrite(blob, edit_data=edit)
 
+    def fill(suffix, value):
+        """Every tensor named nfe3.<suffix> set to ``value`` everywhere."""
+        def edit(header, data):
+            start, end = header[f"nfe3.{suffix}"]["data_offsets"]
+            data[start:end] = torch.full(((end - start) // 8,), value, dtype=torch.float64).numpy().tobytes()
+        return rewrite(blob, edit_data=edit)
+
     def reshape(key, shape):
         return rewrite(blob, lambda h: h[key].__setitem__("shape", shape))
 
@@ -116,6 +130,16 @@ def hostile_files(blob):
         "bad range": set_meta("sigma_min", "inf"),
         "float32": rewrite(blob, lambda h: h["nfe3.sigmas"].__setitem__("dtype", "F32")),
         "too big": blob + b"\0" * (1 << 20),
+        "nested fits": set_meta("fits", "[" * 100_000 + "]" * 100_000),
+        "nested provenance": set_meta("provenance", '{"a": ' * 20_000 + "{}" + "}" * 20_000),
+        "corrections 1e300": fill("d_corrections", 1e300),
+        "corrections 1e150": fill("d_corrections", 1e150),
+        "corrections 1e6": fill("d_corrections", -1e6),
+        "step scales 1e6": fill("step_scales", 1e6),
+        "offsets 1e150": fill("eval_offsets", 1e150),
+        "offsets past the range": fill("eval_offsets", -50.0),
+        "coordinate edited": fill("coordinate", 0.5),
+        "sigma range 1e300": rewrite(blob, lambda h: h["__metadata__"].__setitem__("sigma_max", "1e300")),
     }
 
 
@@ -126,6 +150,25 @@ def test_broken_and_hostile_files_raise_the_package_error(blob, tmp_path):
         with pytest.raises(LearnedSolverFileError) as caught:
             load_learned_solver(path)
         assert path.name in str(caught.value), name
+
+
+def test_a_file_at_the_bounds_loads_and_samples_to_finite_values(solver, tmp_path):
+    """Corrections at +-CORRECTION_LIMIT and offsets reaching the neighbouring grid points are
+    what a fit may produce: such a file loads, and samples finite on a sane model."""
+    from learned_solvers.learned_samplers import CORRECTION_LIMIT, half_log_snr
+
+    extreme = copy.deepcopy(solver)
+    for nfe, fit in extreme.fits.items():
+        signs = torch.tensor([(-1.0) ** i for i in range(nfe)], dtype=torch.float64)
+        fit.d_corrections = CORRECTION_LIMIT * signs[:, None].expand(nfe, 3).clone()
+        fit.step_scales = -CORRECTION_LIMIT * signs
+        lam = half_log_snr(fit.sigmas[:-1], "ve")
+        gaps = torch.cat([lam[1:] - lam[:-1], (lam[-1:] - lam[-2:-1])])
+        fit.eval_offsets = torch.cat([gaps[:-1], -gaps[-1:]]) * 0.999  # toward sigma_min, back from the last
+    loaded = load_learned_solver(save_learned_solver(extreme, tmp_path / "extreme"))
+    start = torch.randn((4,) + SHAPE, generator=torch.Generator().manual_seed(0)) * 14.6146
+    for nfe in loaded.nfes:
+        assert torch.isfinite(loaded.sample(MODEL, start, nfe)).all()
 
 
 def test_messages_name_the_fix(blob):
