@@ -28,7 +28,7 @@ CATEGORY = "sampling/custom_sampling/learned"
 log = logging.getLogger("learned_solvers")
 
 if io is not None:
-    from .distill.comfyui import distill_model, sigmas_for_model
+    from .distill.comfyui import distill_model
     from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
     from .schedules import comfyui as library
     from .schedules.hub import pull_learned_solver
@@ -214,7 +214,7 @@ if io is not None:
         def execute(cls, model, learned_solver, steps, denoise) -> io.NodeOutput:
             if denoise <= 0:
                 return io.NodeOutput(torch.zeros(0))  # nothing to denoise, as core schedulers return
-            sigmas, notes = sigmas_for_model(learned_solver, model, steps, denoise)
+            sigmas, notes = library.sigmas_for_model(learned_solver, model, steps, denoise)
             for note in notes:
                 log.warning("Learned Sigmas: %s", note)
             return io.NodeOutput(sigmas.float())

@@ -27,6 +27,7 @@ import math
 import torch
 
 from ..learned_samplers import half_log_snr, sigma_from_half_log_snr
+from ..schedules.comfyui import model_facts
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .memory import checkpointed_blocks
@@ -36,38 +37,6 @@ from .pipeline import distill
 MEMORY_MODES = ("auto", "model calls", "blocks")
 # SDXL (4.8 GiB in bf16) and larger get block checkpointing under "auto"; SD1.5 (1.6 GiB) does not
 LARGE_MODEL_BYTES = 3 * 1024 ** 3
-
-
-class ModelFamilyError(ValueError):
-    """The model cannot be distilled here (unknown sampling type, or not a diffusion model)."""
-
-
-def model_facts(model) -> dict:
-    """What a learned solver records about the ComfyUI MODEL (a ModelPatcher) it was fitted on.
-
-    family: the model config's class (SD15, SDXL, Flux, ...); prediction: ComfyUI's model type
-    (EPS, V_PREDICTION, FLOW, ...); convention: "ve" or "flow"; sigma_min / sigma_max (host
-    units); shift where the sampling has one; discrete: sigma snaps to training timesteps.
-    """
-    import comfy.model_sampling
-
-    sampling = model.get_model_object("model_sampling")
-    base = model.model
-    if not hasattr(sampling, "sigma_min") or not hasattr(sampling, "timestep"):
-        raise ModelFamilyError("this MODEL has no model_sampling with sigma_min/timestep; it is not a "
-                               "diffusion model ComfyUI can sample, so there is nothing to distill")
-    flow = isinstance(sampling, comfy.model_sampling.CONST)
-    facts = {
-        "family": type(getattr(base, "model_config", None)).__name__,
-        "prediction": getattr(getattr(base, "model_type", None), "name", "unknown"),
-        "convention": "flow" if flow else "ve",
-        "sigma_min": float(sampling.sigma_min),
-        "sigma_max": float(sampling.sigma_max),
-        "discrete": isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) and not flow,
-    }
-    if hasattr(sampling, "shift"):
-        facts["shift"] = float(sampling.shift)
-    return facts
 
 
 def fingerprint(model) -> str:
@@ -297,17 +266,4 @@ def _constant_weights(patcher):
 
 
 
-def sigmas_for_model(solver, model, steps: int, denoise: float = 1.0):
-    """The solver's sigmas [steps + 1] for a ComfyUI MODEL, and warnings (remap, interpolation).
-
-    A solver fitted for a flow model on an eps/v model (or the reverse) is refused: its grid
-    and coefficients describe a different ODE."""
-    facts = model_facts(model)
-    if facts["convention"] != solver.convention:
-        kinds = {"ve": "an eps/v-prediction model (SD1.x, SDXL)", "flow": "a flow model (SD3, Flux, Wan)"}
-        raise ModelFamilyError(f"this learned solver was fitted for {kinds[solver.convention]}, but the MODEL is "
-                               f"{kinds[facts['convention']]}; distill one for this model")
-    return solver.schedule(int(steps), float(denoise), sigma_range=(facts["sigma_min"], facts["sigma_max"]))
-
-
-__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "ModelFamilyError", "distill_model", "memory_plan", "fingerprint", "model_facts", "sigmas_for_model", "snap_to_discrete"]
+__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "distill_model", "fingerprint", "memory_plan", "snap_to_discrete"]

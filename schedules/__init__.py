@@ -21,11 +21,12 @@ from .grids import (
     time_uniform,
     uniform,
 )
-from .solver import FittedSteps, LearnedSolver
+from .solver import FittedSteps, LearnedSolver, ModelFamilyError
 
 __all__ = [
     "FittedSteps",
     "LearnedSolver",
+    "ModelFamilyError",
     "grid_coordinate",
     "sigmas_from_coordinate",
     "LearnedSolverFileError",

@@ -12,6 +12,7 @@ import os
 import re
 
 from .files import EXTENSION, LearnedSolverFileError, load_learned_solver
+from .solver import ModelFamilyError
 
 FOLDER = "learned_solvers"
 PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
@@ -94,12 +95,54 @@ def scheduler_name(filename: str) -> str:
     return SCHEDULER_PREFIX + (filename[: -len(EXTENSION)] if filename.endswith(EXTENSION) else filename)
 
 
+# ---------------------------------------------------------------------------------------------
+# The model a solver is used with
+
+def sampling_facts(sampling) -> dict:
+    """A ComfyUI ``model_sampling`` object's convention ("ve" or "flow"), sigma_min / sigma_max
+    (host units), shift where it has one, and discrete (sigma snaps to training timesteps)."""
+    import comfy.model_sampling
+
+    if not hasattr(sampling, "sigma_min") or not hasattr(sampling, "timestep"):
+        raise ModelFamilyError("this MODEL has no model_sampling with sigma_min/timestep; it is not a "
+                               "diffusion model ComfyUI can sample")
+    flow = isinstance(sampling, comfy.model_sampling.CONST)
+    facts = {
+        "convention": "flow" if flow else "ve",
+        "sigma_min": float(sampling.sigma_min),
+        "sigma_max": float(sampling.sigma_max),
+        "discrete": isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) and not flow,
+    }
+    if hasattr(sampling, "shift"):
+        facts["shift"] = float(sampling.shift)
+    return facts
+
+
+def model_facts(model) -> dict:
+    """What a learned solver records about the ComfyUI MODEL (a ModelPatcher) it was fitted on:
+    ``sampling_facts`` of its model sampling, and family (the model config's class: SD15, SDXL,
+    Flux, ...) and prediction (ComfyUI's model type: EPS, V_PREDICTION, FLOW, ...)."""
+    base = model.model
+    return {"family": type(getattr(base, "model_config", None)).__name__,
+            "prediction": getattr(getattr(base, "model_type", None), "name", "unknown"),
+            **sampling_facts(model.get_model_object("model_sampling"))}
+
+
+def sigmas_for_model(solver, model, steps: int, denoise: float = 1.0):
+    """The solver's sigmas [steps + 1] for a ComfyUI MODEL or its ``model_sampling``, and
+    warnings (remap, interpolation): ``LearnedSolver.schedule`` with the model's range and
+    convention, so a solver for the other kind of model is refused (``ModelFamilyError``)."""
+    sampling = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else model
+    facts = sampling_facts(sampling)
+    return solver.schedule(int(steps), float(denoise), sigma_range=(facts["sigma_min"], facts["sigma_max"]),
+                           convention=facts["convention"])
+
+
 def schedule_for_model(path: str, model_sampling, steps: int):
-    """Sigmas [steps + 1] of a learned-solver file for a model's ``model_sampling`` (its sigma
-    range remaps the grid when it differs; warnings go to the log)."""
-    solver = load_learned_solver(path)
-    sigma_range = (float(model_sampling.sigma_min), float(model_sampling.sigma_max))
-    sigmas, notes = solver.schedule(int(steps), sigma_range=sigma_range)
+    """Sigmas [steps + 1] of a learned-solver file for a model's ``model_sampling`` (the KSampler
+    entries; ``sigmas_for_model``: its range remaps the grid, a solver for the other kind of
+    model is refused; warnings go to the log)."""
+    sigmas, notes = sigmas_for_model(load_learned_solver(path), model_sampling, steps)
     for note in notes:
         log.warning("%s: %s", os.path.basename(path), note)
     return sigmas.float()
@@ -137,6 +180,10 @@ def register_schedulers(samplers_module, folder_paths) -> list:
 
 __all__ = [
     "FOLDER",
+    "ModelFamilyError",
+    "model_facts",
+    "sampling_facts",
+    "sigmas_for_model",
     "new_file_path",
     "parse_nfes",
     "preset_files",

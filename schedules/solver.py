@@ -16,6 +16,15 @@ from ..learned_samplers import LEARNED_OPTIONS, sample_learned
 from .grids import grid_coordinate, loglinear_interp, sigmas_from_coordinate
 
 
+# what each convention's models are, for messages
+MODEL_KINDS = {"ve": "an eps/v-prediction model (SD1.x, SDXL)", "flow": "a flow model (SD3, Flux, Wan)"}
+
+
+class ModelFamilyError(ValueError):
+    """The solver or the MODEL does not fit: a solver for another ODE (flow vs eps/v), or a
+    MODEL that is not a diffusion model."""
+
+
 @dataclass
 class FittedSteps:
     """One fitted NFE. Tensors are float64 on the CPU, N = len(sigmas) - 1 model calls.
@@ -92,15 +101,24 @@ class LearnedSolver:
         """A k-diffusion sampler function with this fit's coefficients bound; pass it ``sigmas(nfe)``."""
         return functools.partial(sample_learned, **self.sampler_options(nfe))
 
-    def schedule(self, steps: int, denoise: float = 1.0, sigma_range=None) -> tuple:
+    def schedule(self, steps: int, denoise: float = 1.0, sigma_range=None, convention=None) -> tuple:
         """Sigmas [steps+1] for ``steps`` model calls, and a list of warnings (strings).
+
+        The one way sigmas are made from a learned solver: the ComfyUI node, the KSampler
+        entries (both through ``comfyui.sigmas_for_model``) and the command line call it.
+        ``convention`` ("ve" or "flow"), when given, is the model's: a solver fitted for the
+        other kind is refused with ``ModelFamilyError`` (its grid and coefficients describe
+        another ODE).
 
         denoise < 1 returns the last ``steps + 1`` sigmas of the ``int(steps / denoise)``-step
         grid, as ComfyUI's schedulers do. A step count that was not fitted is log-linearly
         interpolated from the nearest fitted grid. ``sigma_range`` = (sigma_min, sigma_max) of
         another model remaps the grid through its model-independent coordinate.
         """
-        if not isinstance(steps, int) or steps < 1:
+        if convention is not None and convention != self.convention:
+            raise ModelFamilyError(f"this learned solver was fitted for {MODEL_KINDS[self.convention]}, but the "
+                                   f"model is {MODEL_KINDS.get(convention, convention)}; distill one for this model")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a whole number >= 1; got {steps!r}")
         if not 0 < denoise <= 1:
             raise ValueError(f"denoise must be in (0, 1]; got {denoise}")

@@ -130,6 +130,23 @@ def test_a_flow_file_on_an_eps_model_is_refused_clearly(pack, models_dir):
         run(pack["LSLearnedSigmas"], model=tiny_model("eps"), learned_solver=solver, steps=3, denoise=1.0)
 
 
+@pytest.mark.parametrize("fitted_on, used_on, message", [("flow", "eps", "fitted for a flow model"),
+                                                         ("eps", "flow", "fitted for an eps/v-prediction model")])
+def test_a_ksampler_learned_scheduler_refuses_a_file_for_the_other_kind_of_model(pack, models_dir, fitted_on,
+                                                                                 used_on, message):
+    """The KSampler entry gives sigmas through the same function as Learned Sigmas, so it refuses
+    what the node refuses (it used to remap a VE grid onto a flow model's range)."""
+    positive, negative = tiny_conditioning()
+    run(pack["LSDistillSampler"], model=tiny_model(fitted_on), positive=positive, negative=negative,
+        latent_image={"samples": torch.zeros(1, 4, 8, 8)}, filename=f"for_{fitted_on}",
+        **{**SMALL, "nfe": "3", "method": "dode"})
+    sampling = tiny_model(used_on).get_model_object("model_sampling")
+    with pytest.raises(ValueError, match=message):
+        comfy.samplers.calculate_sigmas(sampling, f"learned: for_{fitted_on}", 3)
+    own = tiny_model(fitted_on).get_model_object("model_sampling")
+    assert len(comfy.samplers.calculate_sigmas(own, f"learned: for_{fitted_on}", 3)) == 4
+
+
 def test_cancel_mid_distill_leaves_no_file(pack, models_dir, monkeypatch):
     calls = []
 
