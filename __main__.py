@@ -1,34 +1,118 @@
-"""Command line: ``python -m learned_solvers <command>``.
+"""Command line: python -m learned_solvers COMMAND (COMMAND --help for its options).
 
-``demo``: distill a few-step solver for the shipped test UNet, print it against every
-classical solver x schedule on held-out seeds, and write a PNG of the learned grid and samples.
-``compare``: sample the exact Gaussian-mixture denoiser (SD-latent sized, SD1.5 sigma range)
-with every base solver on classical grids and print each one's RMSE to the ODE's solution.
-
-Learned-solver files: ``inspect`` (metadata, fits, and a PNG of the grid against karras/AYS),
-``validate`` (exit status 1 if any file is invalid), ``export`` (a plain sigma list for any UI
-that takes custom sigmas), ``pull`` and ``push`` (the Hugging Face Hub).
+  demo      distill a few-step solver for the shipped test UNet, print it against every
+            classical solver x schedule on held-out seeds, and write a PNG of the grids and samples
+  compare   every base solver on classical grids on the exact Gaussian-mixture denoiser, as RMSE
+            to the ODE's solution
+  inspect   a learned-solver file's metadata and fits, and a PNG of its grids
+  validate  check learned-solver files (exit status 1 if any is invalid)
+  export    a file's sigmas as a plain list, for any UI that takes custom sigmas
+  pull      download a learned-solver file from the Hugging Face Hub, validated
+  push      upload a learned-solver file (and a model card) to the Hub
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import time
 
-import torch
+# OpenMP threads that spin-wait collapse when another process holds a core (a teacher run took
+# 2.4x as long with one core busy); passive waiting costs nothing measurable on a quiet machine.
+# Set before torch loads its OpenMP runtime; a value in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
-from .schedules import exponential, karras, sd15_schedules
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 
-SD15_SIGMA_MIN, SD15_SIGMA_MAX = 0.0291675, 14.6146412  # SD1.x's discrete schedule range
+import torch  # noqa: E402
+
+from .learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned  # noqa: E402
+from .schedules import SD15_SIGMA_MAX, SD15_SIGMA_MIN, exponential, karras, sd15_schedules  # noqa: E402
 
 GRIDS = {
     "karras": lambda n: karras(n, SD15_SIGMA_MIN, SD15_SIGMA_MAX, final_zero=True),
     "exponential": lambda n: exponential(n, SD15_SIGMA_MIN, SD15_SIGMA_MAX, final_zero=True),
 }
+DEMO_NFES = range(2, 21)  # each step adds fit time; past 20 steps built-in solvers are already close
 
+
+class CommandError(Exception):
+    """A command line problem to report as one line (exit status 1)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks made before any long work starts
+
+def writable_file(path: str) -> str:
+    """``path`` if a file can be written there (its folder exists and is writable)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{path}: cannot write there (permission denied)")
+    return path
+
+
+def whole_number(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}" if high is not None
+                                             else f"{value} must be at least {low}")
+        return value
+
+    return parse
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1]")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+class Progress:
+    """Progress lines for the fit: the teacher run's batches, then the fit's steps with loss,
+    held-out RMSE and an ETA from the fit's own pace (the teacher's says nothing of it). On a
+    terminal one line is redrawn; written to a file, a line per tenth of the work."""
+
+    def __init__(self, out):
+        self.out, self.began, self.shown = out, time.perf_counter(), -1
+        self.redraw = hasattr(out, "isatty") and out.isatty()
+        self.fit_began = None  # (time, step) of the fit's first report
+
+    def __call__(self, step, total, loss, held_out):
+        now = time.perf_counter()
+        if loss != loss and held_out != held_out:  # NaN, NaN: a teacher batch, which has no loss
+            text = f"  teacher run: batch {step} done"
+        else:
+            if self.fit_began is None:
+                self.fit_began = (now, step - 1)
+            pace = (now - self.fit_began[0]) / (step - self.fit_began[1])
+            text = f"  fitting {step}/{total}  held-out RMSE {held_out:.4f}" + (
+                f"  loss {loss:.4f}" if loss == loss else "")
+            if step < total:
+                text += f"  about {pace * (total - step):.0f} s left"
+        text += f"  ({now - self.began:.0f} s)"
+        tenth = 10 * step // max(total, 1)
+        if self.redraw:
+            print(f"\r{text:<100}", end="" if step < total else "\n", file=self.out, flush=True)
+        elif tenth != self.shown or step == total:
+            print(text, file=self.out, flush=True)
+        self.shown = tenth
+
+
+# ---------------------------------------------------------------------------------------------
+# demo and compare
 
 def compare(nfes, samples: int, seed: int, reference_steps: int, out=sys.stdout) -> dict:
     """RMSE to the reference ODE solution for each (base, grid, NFE); returns the table."""
@@ -53,12 +137,43 @@ def compare(nfes, samples: int, seed: int, reference_steps: int, out=sys.stdout)
     return table
 
 
+def to_pil(image: torch.Tensor, scale: int = 1):
+    """A [3, H, W] tensor in [-1, 1] as a PIL image, enlarged ``scale`` times."""
+    from .schedules.plot import pil
+
+    Image, _ = pil()
+    pixels = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    picture = Image.fromarray(pixels, "RGB")
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return picture
+
+
+def sample_sheet(columns: dict, scale: int = 3, pad: int = 4):
+    """columns: label -> [N, 3, H, W] tensors in [-1, 1]; one column per label, N rows."""
+    from .schedules.plot import pil
+
+    Image, ImageDraw = pil()
+    labels = list(columns)
+    rows = min(len(v) for v in columns.values())
+    tile_h, tile_w = (columns[labels[0]].shape[-2] * scale, columns[labels[0]].shape[-1] * scale)
+    sheet = Image.new("RGB", (len(labels) * (tile_w + pad) + pad, rows * (tile_h + pad) + pad + 20), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, label in enumerate(labels):
+        x = pad + c * (tile_w + pad)
+        draw.text((x, 4), label[: max(4, tile_w // 6)], fill=(0, 0, 0))
+        for r in range(rows):
+            sheet.paste(to_pil(columns[label][r], scale), (x, 20 + pad + r * (tile_h + pad)))
+    return sheet
+
+
 def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_mixture: bool, out=sys.stdout,
          save: str | None = None):
     """Distill, compare on held-out seeds, write the PNG (and, with ``save``, the learned-solver
     file); returns (learned RMSE, best classical RMSE)."""
     from .distill import distill, start_states
-    from .schedules.plot import plot_grids, sample_sheet, stack_vertically
+    from .schedules import reference_schedules
+    from .schedules.plot import plot_grids, stack_vertically
 
     began = time.perf_counter()
     if use_mixture:
@@ -86,10 +201,7 @@ def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_m
           f"{init_base} + {init_grid}", file=out)
     solver = distill(model, shape, sigma_min=SD15_SIGMA_MIN, sigma_max=SD15_SIGMA_MAX, nfe=[nfe], method=method,
                      base=init_base, init_sigmas=grids[init_grid], samples=40, validation=16, seed=seed,
-                     iterations=iterations, teacher_steps=32, convention="ve",
-                     progress=lambda step, total, loss, held: print(
-                         f"\r  fitting {step}/{total}  loss {loss:.4f}  validation RMSE {held:.4f}", end="", file=out))
-    print(file=out)
+                     iterations=iterations, teacher_steps=32, convention="ve", progress=Progress(out))
     held = start_states(shape, 32, SD15_SIGMA_MAX, "ve", seed=seed + 10_000)
     teacher = run(held, teacher_grid, "dpmpp_3m")
     scores = {f"{b} + {g}": rmse(run(held, grids[g](nfe), b), teacher) for b, g in pairs}
@@ -105,8 +217,8 @@ def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_m
           f"= {learned_rmse / ranked[0][1]:.2f} x the best built-in; fit {fit.fit_seconds:.0f} s", file=out)
     best_base, best_grid = ranked[0][0].split(" + ")
     picture = stack_vertically([
-        plot_grids({"learned": solver.sigmas(nfe), "karras": grids["karras"](nfe), "ays": grids["ays"](nfe),
-                    "exponential": grids["exponential"](nfe)}, title=f"{name}: sigma per step, NFE {nfe}"),
+        plot_grids({"learned": solver.sigmas(nfe), **reference_schedules(nfe, SD15_SIGMA_MIN, SD15_SIGMA_MAX)},
+                   title=f"{name}: sigma per step, NFE {nfe}"),
         sample_sheet({"teacher": teacher[:6], f"{best_base}+{best_grid}": run(held[:6], grids[best_grid](nfe), best_base),
                       "2m+karras": run(held[:6], grids["karras"](nfe), "dpmpp_2m"), "learned": learned[:6]}, scale=3),
     ])
@@ -125,20 +237,22 @@ def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_m
     return learned_rmse, ranked[0][1]
 
 
+# ---------------------------------------------------------------------------------------------
+# Learned-solver files
+
 def inspect_file(path: str, png: str | None, out=None) -> int:
     """Print a file's metadata and fits; with ``png``, draw each NFE's grid against karras/AYS."""
     out = out or sys.stdout
     import json
 
     from .schedules import load_learned_solver, read_metadata, reference_schedules
+    from .schedules.files import OPTIONAL_METADATA
     from .schedules.plot import plot_grids, stack_vertically
 
     solver = load_learned_solver(path)
     metadata = read_metadata(path)
     print(f"{path}: learned solver, format {metadata['format_version']}", file=out)
-    for key in ("method", "base", "convention", "corrector", "nfes", "sigma_min", "sigma_max", "model_family",
-                "prediction", "shift", "fingerprint", "cfg", "resolution", "author", "description", "license",
-                "package_version"):
+    for key in ("method", "base", "convention", "corrector", "nfes", "sigma_min", "sigma_max") + OPTIONAL_METADATA:
         if key in metadata:
             print(f"  {key:<16} {metadata[key]}", file=out)
     teacher = json.loads(metadata.get("provenance", "{}")).get("teacher")
@@ -173,14 +287,16 @@ def validate_files(paths, out=None) -> int:
     return 1 if failed else 0
 
 
-def export_sigmas(path: str, steps: int, denoise: float, sigma_range, style: str, out=None) -> int:
-    """Print the grid for ``steps`` model calls as a plain list; warnings go to stderr."""
+def export_sigmas(path: str, steps: int | None, denoise: float, sigma_range, style: str, out=None) -> int:
+    """Print the grid for ``steps`` model calls (None: the first fitted NFE) as a plain list;
+    warnings go to stderr."""
     out = out or sys.stdout
     import json
 
     from .schedules import load_learned_solver
 
     solver = load_learned_solver(path)
+    steps = solver.nfes[0] if steps is None else steps
     sigmas, warnings = solver.schedule(steps, denoise, sigma_range=tuple(sigma_range) if sigma_range else None)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -192,90 +308,137 @@ def export_sigmas(path: str, steps: int, denoise: float, sigma_range, style: str
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m learned_solvers", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    dem = commands.add_parser("demo", help="distill a solver for the shipped test UNet and write a PNG")
-    dem.add_argument("--nfe", type=int, default=4)
-    dem.add_argument("--method", default="auto", choices=["auto", "dode", "ld3", "s4s", "s4s_alt"])
-    dem.add_argument("--iterations", type=int, default=100)
-    dem.add_argument("--seed", type=int, default=0)
-    dem.add_argument("--out", default="learned_solver_demo.png")
-    dem.add_argument("--mixture", action="store_true", help="use the exact Gaussian mixture instead of the UNet")
-    dem.add_argument("--save", help="also write the learned solver to this .safetensors file")
-    cmp = commands.add_parser("compare", help="base solvers x grids on the exact mixture denoiser")
-    cmp.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6, 8, 10])
-    cmp.add_argument("--samples", type=int, default=16)
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--reference-steps", type=int, default=500)
-    ins = commands.add_parser("inspect", help="a learned-solver file's metadata and fits, optionally a PNG")
-    ins.add_argument("file")
-    ins.add_argument("--png", help="write the grids against karras/exponential/AYS to this PNG")
-    val = commands.add_parser("validate", help="check learned-solver files; exit status 1 if any is invalid")
-    val.add_argument("files", nargs="+")
-    exp = commands.add_parser("export", help="print a file's sigmas as a plain list (custom sigmas in any UI)")
-    exp.add_argument("file")
-    exp.add_argument("--steps", type=int, help="model calls (default: the first fitted NFE)")
-    exp.add_argument("--denoise", type=float, default=1.0)
-    exp.add_argument("--sigma-range", type=float, nargs=2, metavar=("MIN", "MAX"),
-                     help="another model's sigma range: remap the grid to it")
-    exp.add_argument("--format", choices=["list", "json"], default="list")
-    pul = commands.add_parser("pull", help="download a learned-solver file from the Hugging Face Hub, validated")
-    pul.add_argument("repo_id", help="e.g. someone/solvers")
-    pul.add_argument("filename", help="e.g. sdxl_cfg5_nfe6.safetensors")
-    pul.add_argument("--revision")
-    pul.add_argument("--dest", default=None, help="folder (default: $COMFYUI_PATH/models/learned_solvers if "
-                                                  "COMFYUI_PATH is set, else the current folder)")
-    pul.add_argument("--offline", action="store_true", help="only the local Hugging Face cache")
-    psh = commands.add_parser("push", help="upload a learned-solver file (and a model card) to the Hub")
-    psh.add_argument("file")
-    psh.add_argument("repo_id")
-    psh.add_argument("--path-in-repo")
-    psh.add_argument("--private", action="store_true")
-    psh.add_argument("--no-card", action="store_true", help="do not write README.md")
-    args = parser.parse_args(argv)
-    if args.command in ("inspect", "validate", "export", "pull", "push"):
-        return files_command(args, parser)
-    if args.command == "demo":
-        if args.nfe < 2:
-            parser.error("--nfe must be at least 2")
-        demo(args.nfe, args.method, args.iterations, args.seed, args.out, args.mixture, save=args.save)
-    if args.command == "compare":
-        if min(args.nfe) < 1:
-            parser.error("--nfe values must be >= 1")
-        compare(args.nfe, args.samples, args.seed, args.reference_steps)
+# ---------------------------------------------------------------------------------------------
+# The subcommands: name -> (help, options, run(args) -> exit status)
+
+def demo_options(parser):
+    parser.add_argument("--nfe", type=whole_number(DEMO_NFES.start, DEMO_NFES.stop - 1), default=4,
+                        help=f"model calls of the learned solver ({DEMO_NFES.start}..{DEMO_NFES.stop - 1}; default 4)")
+    parser.add_argument("--method", default="auto", choices=["auto", "dode", "ld3", "s4s", "s4s_alt"],
+                        help="what to fit: auto (recommended), dode (step scales, seconds), ld3 (time grid), "
+                             "s4s (coefficients), s4s_alt (both, alternating)")
+    parser.add_argument("--iterations", type=whole_number(0, 5000), default=100,
+                        help="gradient steps of the fit (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the noises and the fit (default 0)")
+    parser.add_argument("--out", type=writable_file, default="learned_solver_demo.png",
+                        help="the PNG to write (default learned_solver_demo.png)")
+    parser.add_argument("--mixture", action="store_true", help="use the exact Gaussian mixture instead of the UNet")
+    parser.add_argument("--save", type=writable_file, help="also write the learned solver to this .safetensors file")
+
+
+def run_demo(args) -> int:
+    demo(args.nfe, args.method, args.iterations, args.seed, args.out, args.mixture, save=args.save)
     return 0
 
 
-def files_command(args, parser) -> int:
+def compare_options(parser):
+    parser.add_argument("--nfe", type=whole_number(1, 1000), nargs="+", default=[4, 5, 6, 8, 10],
+                        help="step counts to compare (default 4 5 6 8 10)")
+    parser.add_argument("--samples", type=whole_number(1), default=16, help="noise samples (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the mixture and the noises (default 0)")
+    parser.add_argument("--reference-steps", type=whole_number(2), default=500,
+                        help="steps of the dpmpp_3m reference solution (default 500)")
+
+
+def run_compare(args) -> int:
+    compare(args.nfe, args.samples, args.seed, args.reference_steps)
+    return 0
+
+
+def inspect_options(parser):
+    parser.add_argument("file", help="a learned-solver .safetensors file")
+    parser.add_argument("--png", type=writable_file, help="write the grids against karras/exponential/AYS to this PNG")
+
+
+def validate_options(parser):
+    parser.add_argument("files", nargs="+", help="learned-solver .safetensors files")
+
+
+def export_options(parser):
+    parser.add_argument("file", help="a learned-solver .safetensors file")
+    parser.add_argument("--steps", type=whole_number(1, 1000), help="model calls (default: the first fitted NFE)")
+    parser.add_argument("--denoise", type=fraction, default=1.0, help="below 1: the tail of a longer grid")
+    parser.add_argument("--sigma-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                        help="another model's sigma range (0 < MIN < MAX): remap the grid to it")
+    parser.add_argument("--format", choices=["list", "json"], default="list", help="comma-separated or JSON")
+
+
+def run_export(args) -> int:
+    if args.sigma_range and not 0 < args.sigma_range[0] < args.sigma_range[1]:
+        raise CommandError(f"--sigma-range takes MIN then MAX with 0 < MIN < MAX; got {args.sigma_range[0]:g} "
+                           f"{args.sigma_range[1]:g}")
+    return export_sigmas(args.file, args.steps, args.denoise, args.sigma_range, args.format)
+
+
+def pull_options(parser):
+    parser.add_argument("repo_id", help="e.g. someone/solvers")
+    parser.add_argument("filename", help="e.g. sdxl_cfg5_nfe6.safetensors")
+    parser.add_argument("--revision", help="branch, tag or commit (default main)")
+    parser.add_argument("--dest", default=None, help="folder (default: $COMFYUI_PATH/models/learned_solvers if "
+                                                     "COMFYUI_PATH is set, else the current folder)")
+    parser.add_argument("--offline", action="store_true", help="only the local Hugging Face cache")
+
+
+def run_pull(args) -> int:
+    from .schedules.hub import pull_learned_solver
+
+    dest = args.dest or (os.path.join(os.environ["COMFYUI_PATH"], "models", "learned_solvers")
+                         if os.environ.get("COMFYUI_PATH") else ".")
+    path = pull_learned_solver(args.repo_id, args.filename, dest, revision=args.revision,
+                               local_files_only=args.offline)
+    print(f"pulled {path}")
+    return 0
+
+
+def push_options(parser):
+    parser.add_argument("file", help="a learned-solver .safetensors file")
+    parser.add_argument("repo_id", help="the model repository, e.g. you/solvers")
+    parser.add_argument("--path-in-repo", help="the file's name there (default: its own)")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--no-card", action="store_true", help="do not write README.md")
+
+
+def run_push(args) -> int:
+    from .schedules.hub import push_learned_solver
+
+    url = push_learned_solver(args.file, args.repo_id, path_in_repo=args.path_in_repo, private=args.private,
+                              card=not args.no_card)
+    print(f"pushed {url}")
+    return 0
+
+
+COMMANDS = {
+    "demo": ("distill a solver for the shipped test UNet and write a PNG", demo_options, run_demo),
+    "compare": ("base solvers x grids on the exact mixture denoiser", compare_options, run_compare),
+    "inspect": ("a learned-solver file's metadata and fits, optionally a PNG", inspect_options,
+                lambda args: inspect_file(args.file, args.png)),
+    "validate": ("check learned-solver files; exit status 1 if any is invalid", validate_options,
+                 lambda args: validate_files(args.files)),
+    "export": ("print a file's sigmas as a plain list (custom sigmas in any UI)", export_options, run_export),
+    "pull": ("download a learned-solver file from the Hugging Face Hub, validated", pull_options, run_pull),
+    "push": ("upload a learned-solver file (and a model card) to the Hub", push_options, run_push),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m learned_solvers",
+                                     description="Few-step diffusion solvers fitted to a model: a demo, and "
+                                                 "the commands for learned-solver files. COMMAND --help "
+                                                 "lists a command's options.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, options, _) in COMMANDS.items():
+        options(commands.add_parser(name, help=summary, description=summary))
+    return parser
+
+
+def main(argv=None) -> int:
     from .schedules import LearnedSolverFileError
-    from .schedules.hub import SharingError, pull_learned_solver, push_learned_solver
+    from .schedules.hub import SharingError
 
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "inspect":
-            return inspect_file(args.file, args.png)
-        if args.command == "validate":
-            return validate_files(args.files)
-        if args.command == "export":
-            from .schedules import read_metadata
-
-            steps = args.steps or int(read_metadata(args.file)["nfes"].split(",")[0])
-            if steps < 1 or not 0 < args.denoise <= 1:
-                parser.error("--steps must be >= 1 and --denoise in (0, 1]")
-            return export_sigmas(args.file, steps, args.denoise, args.sigma_range, args.format)
-        if args.command == "pull":
-            dest = args.dest or (os.path.join(os.environ["COMFYUI_PATH"], "models", "learned_solvers")
-                                 if os.environ.get("COMFYUI_PATH") else ".")
-            path = pull_learned_solver(args.repo_id, args.filename, dest, revision=args.revision,
-                                       local_files_only=args.offline)
-            print(f"pulled {path}")
-            return 0
-        url = push_learned_solver(args.file, args.repo_id, path_in_repo=args.path_in_repo, private=args.private,
-                                  card=not args.no_card)
-        print(f"pushed {url}")
-        return 0
-    except (LearnedSolverFileError, SharingError, ValueError) as err:
+        return COMMANDS[args.command][2](args)
+    except (CommandError, LearnedSolverFileError, SharingError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

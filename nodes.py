@@ -32,9 +32,16 @@ if io is not None:
     from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
     from .schedules import comfyui as library
     from .schedules.hub import pull_learned_solver
-    from .schedules.plot import image_tensor, solver_figure
+    from .schedules.plot import solver_figure
 
     LearnedSolverSocket = io.Custom("LEARNED_SOLVER")
+
+    def _image_tensor(picture) -> torch.Tensor:
+        """A PIL image as a ComfyUI IMAGE: float [1, H, W, 3] in 0..1."""
+        import numpy
+
+        pixels = numpy.asarray(picture.convert("RGB"), dtype=numpy.float32) / 255.0
+        return torch.from_numpy(pixels.copy())[None]
 
     def _learned_sampler(solver):
         return comfy.samplers.KSAMPLER(solver.k_sampler(warn=log.warning))
@@ -169,7 +176,7 @@ if io is not None:
             first = solver.nfes[0]
             figure = solver_figure(solver, first, reference_schedules(first, *solver.sigma_range))
             text = solver.summary() + (f"\nsaved {os.path.basename(saved)}" if saved else "")
-            return io.NodeOutput(solver, _learned_sampler(solver), solver.sigmas(first).float(), image_tensor(figure),
+            return io.NodeOutput(solver, _learned_sampler(solver), solver.sigmas(first).float(), _image_tensor(figure),
                                  ui=ui.PreviewText(text))
 
     class LearnedSampler(io.ComfyNode):

@@ -9,6 +9,8 @@ from .files import (
 )
 from .grids import (
     AYS_SD1,
+    SD15_SIGMA_MAX,
+    SD15_SIGMA_MIN,
     align_your_steps,
     discrete_vp_sigmas,
     exponential,
@@ -35,6 +37,8 @@ __all__ = [
     "save_learned_solver",
     "solver_from_bytes",
     "AYS_SD1",
+    "SD15_SIGMA_MAX",
+    "SD15_SIGMA_MIN",
     "align_your_steps",
     "discrete_vp_sigmas",
     "exponential",

@@ -109,6 +109,10 @@ def discrete_vp_sigmas(beta_start: float = 0.00085, beta_end: float = 0.012, tim
     return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
 
 
+# SD1.x/2.x/XL's discrete schedule range, the default model range of the demo and benchmarks
+SD15_SIGMA_MIN, SD15_SIGMA_MAX = (float(s) for s in discrete_vp_sigmas()[[0, -1]])
+
+
 def time_uniform(steps: int, sigma_table, final_zero: bool = False) -> torch.Tensor:
     """Uniform in the model's own timestep over an ascending discrete ``sigma_table``,
     interpolated in log sigma between table entries (ComfyUI's "simple"/"sgm_uniform" family)."""

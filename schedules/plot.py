@@ -1,7 +1,8 @@
-"""Pictures of schedules and samples, drawn with Pillow (no plotting library needed).
+"""Pictures of schedules and fits, drawn with Pillow (no plotting library needed).
 
-``plot_grids`` draws sigma against step on a log axis for several grids; ``sample_sheet`` lays
-image tensors out in a labelled grid. Both return ``PIL.Image.Image`` objects.
+``plot_grids`` draws sigma against step on a log axis for several grids, ``plot_curve`` loss
+curves, ``solver_figure`` both for one fit; each returns a ``PIL.Image.Image``. A schedule keeps
+its colour in every picture (``colour``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,20 @@ import math
 import torch
 
 COLOURS = [(220, 60, 50), (40, 110, 220), (30, 160, 80), (200, 140, 20), (140, 60, 200), (90, 90, 90)]
+# the same schedule in the same colour wherever it is drawn (matched on the name's first word)
+NAMED_COLOURS = {"learned": COLOURS[0], "karras": COLOURS[1], "exponential": COLOURS[2], "ays": COLOURS[3]}
 
 
-def _pil():
+def colour(name: str, number: int) -> tuple:
+    """The colour of series ``name``, the ``number``-th drawn: its schedule's own, else the next free."""
+    key = name.split()[0].lower() if name.strip() else ""
+    if key in NAMED_COLOURS:
+        return NAMED_COLOURS[key]
+    spare = [c for c in COLOURS if c not in NAMED_COLOURS.values()]
+    return spare[number % len(spare)]
+
+
+def pil():
     try:
         from PIL import Image, ImageDraw
     except ImportError as err:  # pragma: no cover - Pillow ships with ComfyUI and the package
@@ -23,7 +35,7 @@ def _pil():
 
 def plot_grids(grids: dict, title: str = "", size=(640, 400)):
     """Each grid (name -> sigmas, a final 0 is left out) as sigma over step index, log scale."""
-    Image, ImageDraw = _pil()
+    Image, ImageDraw = pil()
     width, height = size
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
@@ -54,46 +66,20 @@ def plot_grids(grids: dict, title: str = "", size=(640, 400)):
     draw.text((left, 8), title, fill=(0, 0, 0))
     draw.text(((left + right) // 2 - 15, height - 18), "step", fill=(0, 0, 0))
     for number, (name, points) in enumerate(series.items()):
-        colour = COLOURS[number % len(COLOURS)]
+        fill = colour(name, number)
         xy = [to_xy(i, v) for i, v in enumerate(points)]
         if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2)
+            draw.line(xy, fill=fill, width=2)
         for x, y in xy:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        draw.line([right + 12, top + 10 + 18 * number, right + 32, top + 10 + 18 * number], fill=colour, width=3)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=fill)
+        draw.line([right + 12, top + 10 + 18 * number, right + 32, top + 10 + 18 * number], fill=fill, width=3)
         draw.text((right + 38, top + 4 + 18 * number), name, fill=(0, 0, 0))
     return image
 
 
-def to_pil(image: torch.Tensor, scale: int = 1):
-    """A [3, H, W] tensor in [-1, 1] as a PIL image, enlarged ``scale`` times."""
-    Image, _ = _pil()
-    pixels = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    picture = Image.fromarray(pixels, "RGB")
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    return picture
-
-
-def sample_sheet(columns: dict, scale: int = 3, pad: int = 4):
-    """columns: label -> [N, 3, H, W] tensors in [-1, 1]; one column per label, N rows."""
-    Image, ImageDraw = _pil()
-    labels = list(columns)
-    rows = min(len(v) for v in columns.values())
-    tile_h, tile_w = (columns[labels[0]].shape[-2] * scale, columns[labels[0]].shape[-1] * scale)
-    sheet = Image.new("RGB", (len(labels) * (tile_w + pad) + pad, rows * (tile_h + pad) + pad + 20), "white")
-    draw = ImageDraw.Draw(sheet)
-    for c, label in enumerate(labels):
-        x = pad + c * (tile_w + pad)
-        draw.text((x, 4), label[: max(4, tile_w // 6)], fill=(0, 0, 0))
-        for r in range(rows):
-            sheet.paste(to_pil(columns[label][r], scale), (x, 20 + pad + r * (tile_h + pad)))
-    return sheet
-
-
 def stack_vertically(images, pad: int = 8):
     """Stack PIL images top to bottom on white, centred."""
-    Image, _ = _pil()
+    Image, _ = pil()
     width = max(i.width for i in images)
     height = sum(i.height for i in images) + pad * (len(images) - 1)
     canvas = Image.new("RGB", (width, height), "white")
@@ -106,7 +92,7 @@ def stack_vertically(images, pad: int = 8):
 
 def plot_curve(series: dict, title: str = "", size=(640, 260), log_scale: bool = True):
     """Lines over their own index (name -> list of (x, y) or of y), e.g. loss curves."""
-    Image, ImageDraw = _pil()
+    Image, ImageDraw = pil()
     width, height = size
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
@@ -134,14 +120,14 @@ def plot_curve(series: dict, title: str = "", size=(640, 260), log_scale: bool =
     draw.text((left, bottom + 6), f"{x0:g}", fill=(0, 0, 0))
     draw.text((right - 30, bottom + 6), f"{x1:g}", fill=(0, 0, 0))
     for number, (name, pairs) in enumerate(points.items()):
-        colour = COLOURS[number % len(COLOURS)]
+        fill = COLOURS[number % len(COLOURS)]
         xy = [(left + (right - left) * (x - x0) / (x1 - x0), bottom - (bottom - top) * (transform(y) - y0) / (y1 - y0))
               for x, y in pairs]
         if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2)
+            draw.line(xy, fill=fill, width=2)
         else:
-            draw.ellipse([xy[0][0] - 3, xy[0][1] - 3, xy[0][0] + 3, xy[0][1] + 3], fill=colour)
-        draw.line([right + 12, top + 10 + 18 * number, right + 32, top + 10 + 18 * number], fill=colour, width=3)
+            draw.ellipse([xy[0][0] - 3, xy[0][1] - 3, xy[0][0] + 3, xy[0][1] + 3], fill=fill)
+        draw.line([right + 12, top + 10 + 18 * number, right + 32, top + 10 + 18 * number], fill=fill, width=3)
         draw.text((right + 38, top + 4 + 18 * number), name, fill=(0, 0, 0))
     return image
 
@@ -155,11 +141,3 @@ def solver_figure(solver, nfe: int, references: dict):
              f"(base {fit.base_held_out_rmse:.4g})")
     curves = {"training loss": fit.losses, "validation RMSE": fit.validation}
     return stack_vertically([plot_grids(grids, title), plot_curve(curves, "fit")])
-
-
-def image_tensor(picture) -> torch.Tensor:
-    """A PIL image as a ComfyUI IMAGE: float [1, H, W, 3] in 0..1."""
-    import numpy
-
-    pixels = numpy.asarray(picture.convert("RGB"), dtype=numpy.float32) / 255.0
-    return torch.from_numpy(pixels.copy())[None]

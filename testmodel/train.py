@@ -14,10 +14,11 @@ import time
 
 import torch
 
+from ..schedules import SD15_SIGMA_MAX, SD15_SIGMA_MIN
 from .data import procedural_images
 from .unet import SIGMA_DATA, WEIGHTS_PATH, TinyUNet
 
-SIGMA_MIN, SIGMA_MAX = 0.0291675, 14.6146412
+SIGMA_MIN, SIGMA_MAX = SD15_SIGMA_MIN, SD15_SIGMA_MAX
 
 
 def train(iterations: int, batch_size: int, lr: float, seed: int, out=WEIGHTS_PATH, log_every=100):
