@@ -79,3 +79,12 @@ def test_the_package_version_is_the_one_pyproject_declares():
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert __version__ == declared
+
+
+def test_the_package_metadata_declares_nothing_empty_or_made_up():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str)  # an SPDX expression, not the whole text
+    assert all(value != "" for value in project["tool"]["comfy"].values())
+    assert "urls" not in project["project"]  # added when published (README: Publishing), never a placeholder
