@@ -2,8 +2,6 @@
 ``learned_samplers`` (LD3 grids, D-ODE step scales, S4S coefficients, S4S-Alt, and ``auto``)."""
 
 from .fit import (
-    LOSSES,
-    METHODS,
     FitCancelled,
     FitDiverged,
     autocast_model,
@@ -17,6 +15,7 @@ from ..schedules.grids import grid_coordinate, sigmas_from_coordinate
 from ..schedules.solver import FittedSteps, LearnedSolver
 from .grid import MonotoneGrid
 from .pipeline import distill, initial_grid, start_states
+from .settings import LOSSES, METHODS, FitSettings, SolverSetup
 from .teacher import TeacherRecord, record_teacher, teacher_grid
 
 __all__ = [
@@ -24,6 +23,8 @@ __all__ = [
     "METHODS",
     "FitCancelled",
     "FitDiverged",
+    "FitSettings",
+    "SolverSetup",
     "FittedSteps",
     "LearnedSolver",
     "MonotoneGrid",

@@ -26,10 +26,9 @@ from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .grid import MonotoneGrid
 from .memory import checkpointed_model
+from .settings import FitSettings, SolverSetup
 
 DEFAULT_LR = {"grid": 0.1, "end": 0.2, "offsets": 0.1, "coefficients": 0.05, "step_scales": 0.05}
-METHODS = ("auto", "dode", "ld3", "s4s", "s4s_alt")
-LOSSES = ("l2", "l1", "mse")
 
 
 class FitCancelled(Exception):
@@ -172,47 +171,49 @@ def _loss(out, target, kind):
     return diff.pow(2).mean(1).add(1e-12).sqrt().mean()
 
 
-def rmse(model, teacher, indices, fit: FittedSteps, *, base, convention, corrector, extra_args=None,
-         batch_size=64, device=None, dtype=None):
-    """RMSE [float] of the solver ``fit`` to the teacher's results on samples ``indices``."""
+def rmse(model, teacher, indices, fit: FittedSteps, setup: SolverSetup, batch_size: int = 64, dtype=None):
+    """RMSE [float] of the solver ``fit`` to the teacher's results on samples ``indices``, run
+    ``batch_size`` samples at a time without gradients."""
     total, count = 0.0, 0
-    device = device or teacher.start.device
-    options = fit.options()
+    device = setup.device or teacher.start.device
+    options = {**setup.solver_options(), **fit.options()}
     with torch.no_grad():
         for first in range(0, len(indices), batch_size):
             chunk = indices[first:first + batch_size]
             start = teacher.start[chunk].to(device=device, dtype=dtype or teacher.start.dtype)
-            out = sample_learned(model, start, fit.sigmas.to(start.dtype), extra_args, None, True, base=base,
-                                 convention=convention, corrector=corrector, **options)
+            out = sample_learned(model, start, fit.sigmas.to(start.dtype), setup.extra_args, None, True, **options)
             total += (out.double().cpu() - teacher.final[chunk].double()).pow(2).sum().item()
             count += out.numel()
     return math.sqrt(total / count)
 
 
-def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validation, *, base, convention,
-                 corrector, sigma_range, method, iterations=200, batch_size=8, lr=None, loss="l2",
-                 slack=0.001, history=3, eval_every=10, seed=0, extra_args=None, device=None,
-                 use_checkpoint=False, max_rejections=10, progress=None, cancel=None,
-                 params: StudentParameters | None = None, step_offset=0, total_steps=None,
-                 decay_to: float = 0.1, keep: set | None = None, eval_batch_size: int = 64):
+def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validation, setup: SolverSetup,
+                 settings: FitSettings, *, method: str, iterations: int, seed: int = 0,
+                 params: StudentParameters | None = None, keep: set | None = None, step_offset: int = 0,
+                 total_steps: int | None = None, progress=None, cancel=None, eval_every: int = 10,
+                 max_rejections: int = 10, decay_to: float = 0.1):
     """Backpropagate through the unrolled student; returns (best FittedSteps, its validation
     RMSE, params, log).
+
+    From ``settings``: batch_size (training samples per step), lr, loss, slack, history,
+    use_checkpoint (a bool here) and inference_batch_size (samples per validation run).
 
     learn: a subset of {"grid", "offsets", "coefficients", "step_scales"}; keep: the options a
     snapshot carries (default ``learn``; S4S-Alt passes every block learned so far). The best
     snapshot by validation RMSE is returned and ``params`` are left at it (the initial state
     counts, so the fit never ends worse on the validation samples than it started). lr: peak
     Adam rates per group (defaults ``DEFAULT_LR`` x (4 / N)^2), decayed by a cosine to
-    ``decay_to`` x the peak over the iterations; a rejected step halves the peaks.
-    eval_batch_size: samples per validation run (no gradients). slack: LD3's soft-slack radius factor: each training
-    sample's start noise may move inside a ball of radius slack * d / N^2 (d = values per sample,
-    in units of the unit noise) to where the student follows the teacher best; 0 turns it off.
+    ``decay_to`` x the peak over the iterations; a rejected step halves the peaks. slack: LD3's
+    soft-slack radius factor: each training sample's start noise may move inside a ball of
+    radius slack * d / N^2 (d = values per sample, in units of the unit noise) to where the
+    student follows the teacher best; 0 turns it off.
     """
+    convention, sigma_range, slack = setup.convention, setup.sigma_range, settings.slack
     # peak rates for 4 steps; errors compound over more steps, so the defaults shrink as (4 / N)^2
     shrink = min(1.0, (4 / init.nfe) ** 2)
-    lr = {**{name: rate * shrink for name, rate in DEFAULT_LR.items()}, **(lr or {})}
-    device = device or teacher.start.device
-    params = params or StudentParameters(init, convention, history, corrector, sigma_range[0])
+    lr = {**{name: rate * shrink for name, rate in DEFAULT_LR.items()}, **(settings.lr or {})}
+    device = setup.device or teacher.start.device
+    params = params or StudentParameters(init, convention, settings.history, setup.corrector, sigma_range[0])
     groups = []
     if "grid" in learn:
         groups.append({"params": [params.grid.logits], "lr": lr["grid"]})
@@ -230,7 +231,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     optimizer = torch.optim.Adam(groups)
     for group in optimizer.param_groups:
         group["peak_lr"] = group["lr"]
-    call = checkpointed_model(model) if use_checkpoint else model
+    call = checkpointed_model(model) if settings.use_checkpoint else model
     gen = torch.Generator().manual_seed(seed)
     steps = init.nfe
     values = teacher.start[0].numel()
@@ -243,8 +244,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
 
     def validate():
         snap = params.snapshot(keep, method, convention, sigma_range)
-        return snap, rmse(model, teacher, validation, snap, base=base, convention=convention,
-                          corrector=corrector, extra_args=extra_args, device=device, batch_size=eval_batch_size)
+        return snap, rmse(model, teacher, validation, snap, setup, settings.inference_batch_size)
 
     best, best_rmse = validate()
     best_state = copy.deepcopy(params.state_dict())
@@ -257,15 +257,15 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
         # cosine decay to decay_to x the peak: large early moves, then settle into the minimum
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * (decay_to + (1 - decay_to) * 0.5 * (1 + math.cos(math.pi * iteration / iterations)))
-        pick = torch.randperm(len(train), generator=gen)[:batch_size]
+        pick = torch.randperm(len(train), generator=gen)[:settings.batch_size]
         chunk = train[pick]
         start = teacher.start[chunk].to(device)
         target = teacher.final[chunk].to(device)
         delta = offsets[pick].to(device).requires_grad_(radius > 0)
         sigmas, options = params.options(learn)
-        out = sample_learned(call, start + unit * delta, sigmas.to(start.dtype), extra_args, None, True,
-                             base=base, convention=convention, corrector=corrector, **options)
-        value = _loss(out, target.to(out.dtype), loss)
+        out = sample_learned(call, start + unit * delta, sigmas.to(start.dtype), setup.extra_args, None, True,
+                             **setup.solver_options(), **options)
+        value = _loss(out, target.to(out.dtype), settings.loss)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         grads = [p.grad for group in groups for p in group["params"] if p.grad is not None]
@@ -316,8 +316,6 @@ def start_noise_scale(sigma_max: float, convention: str) -> float:
 __all__ = [
     "FitCancelled",
     "FitDiverged",
-    "LOSSES",
-    "METHODS",
     "StudentParameters",
     "autocast_model",
     "fit_gradient",

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from learned_solvers.distill import (
+    SolverSetup,
     FitCancelled,
     FitDiverged,
     FittedSteps,
@@ -201,8 +202,8 @@ def test_rmse_of_the_base_is_what_sampling_gives():
     fit = FittedSteps(sigmas=grid, coordinate=grid)
     direct = sample_learned(MODEL, start, grid.float(), base="euler", disable=True)
     expected = (direct.double() - teacher.final.double()).pow(2).mean().sqrt().item()
-    assert rmse(MODEL, teacher, torch.arange(8), fit, base="euler", convention="ve", corrector=False) == \
-        pytest.approx(expected, rel=1e-6)
+    setup = SolverSetup(base="euler", convention="ve", corrector=False, sigma_range=(SIGMA_MIN, SIGMA_MAX))
+    assert rmse(MODEL, teacher, torch.arange(8), fit, setup) == pytest.approx(expected, rel=1e-6)
 
 
 def test_teacher_grid_holds_every_student_point_and_reaches_sigma_min():

@@ -1,0 +1,99 @@
+"""What a fit is told: ``FitSettings`` (how to fit, chosen by the user) and ``SolverSetup``
+(what every run of the student shares, fixed by the model and the base solver)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..learned_samplers import BASE_SOLVERS, HISTORY
+
+METHODS = ("auto", "dode", "ld3", "s4s", "s4s_alt")
+LOSSES = ("l2", "l1", "mse")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How ``distill`` fits; every field has a default, ``replace(**changes)`` makes a variant.
+
+    method: one of METHODS. base: the base solver the corrections sit on; teacher_base,
+    teacher_steps: the teacher's solver and step count. init_sigmas: the starting grid
+    ("karras", "exponential", "uniform", a dict nfe -> sigmas or a callable). samples,
+    validation: training and validation start noises. seed: seeds the noises and the fit.
+    iterations: gradient steps per NFE. batch_size: training samples per gradient step.
+    inference_batch_size: samples per model run without gradients (teacher, validation), the
+    bound on memory outside the gradient steps. lr: peak Adam rates per parameter group
+    (``fit.DEFAULT_LR`` keys). loss: one of LOSSES. slack: LD3's soft-slack radius factor (0:
+    off). decoupled: learn decoupled evaluation times. history: denoiser outputs the coefficient
+    corrections weigh. rounds: S4S-Alt's alternations. use_checkpoint: recompute each model call
+    in backward ("auto": when the model has parameters or runs on a GPU). dtype: autocast dtype
+    for model calls. dode_samples: training samples D-ODE's least squares puts through the model
+    at once (None: all).
+    """
+
+    method: str = "auto"
+    base: str = "dpmpp_2m"
+    teacher_base: str = "dpmpp_3m"
+    teacher_steps: int = 48
+    init_sigmas: Any = "karras"
+    samples: int = 48
+    validation: int = 16
+    seed: int = 0
+    iterations: int = 300
+    batch_size: int = 8
+    inference_batch_size: int = 16
+    lr: dict | None = field(default=None, hash=False)
+    loss: str = "l2"
+    slack: float = 0.001
+    decoupled: bool = True
+    history: int = 3
+    rounds: int = 3
+    use_checkpoint: Any = "auto"
+    dtype: Any = None
+    dode_samples: int | None = None
+
+    def replace(self, **changes) -> FitSettings:
+        """A copy with ``changes``; an unknown name is refused with the valid ones."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown fit setting(s) {', '.join(sorted(unknown))}; the settings are "
+                            f"{', '.join(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> FitSettings:
+        """Raise ValueError naming the fix for a value no fit can use; returns self."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.base not in BASE_SOLVERS or self.teacher_base not in BASE_SOLVERS:
+            raise ValueError(f"base and teacher_base must be among {', '.join(BASE_SOLVERS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.samples < 1 or self.validation < 1:
+            raise ValueError("need at least one training and one validation sample")
+        if not 1 <= self.history <= HISTORY:
+            raise ValueError(f"history must be between 1 and {HISTORY}")
+        if self.batch_size < 1 or self.inference_batch_size < 1:
+            raise ValueError("batch_size and inference_batch_size must be at least 1")
+        return self
+
+
+@dataclass(frozen=True)
+class SolverSetup:
+    """What every run of the student shares: base solver, convention ("ve" or "flow"),
+    corrector on or off, the model's sigma_range (sigma_min, sigma_max; the range the grid
+    coordinate refers to), the model's extra_args, and the device the model runs on."""
+
+    base: str
+    convention: str
+    corrector: bool
+    sigma_range: tuple
+    extra_args: dict | None = field(default=None, hash=False)
+    device: Any = None
+
+    def solver_options(self) -> dict:
+        """The ``sample_learned`` options this setup fixes."""
+        return {"base": self.base, "convention": self.convention, "corrector": self.corrector}
+
+
+__all__ = ["FitSettings", "LOSSES", "METHODS", "SolverSetup"]
