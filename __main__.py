@@ -246,13 +246,13 @@ def inspect_file(path: str, png: str | None, out=None) -> int:
     import json
 
     from .schedules import load_learned_solver, read_metadata, reference_schedules
-    from .schedules.files import OPTIONAL_METADATA
+    from .schedules.files import DESCRIPTION_KEYS
     from .schedules.plot import plot_grids, stack_vertically
 
     solver = load_learned_solver(path)
     metadata = read_metadata(path)
     print(f"{path}: learned solver, format {metadata['format_version']}", file=out)
-    for key in ("method", "base", "convention", "corrector", "nfes", "sigma_min", "sigma_max") + OPTIONAL_METADATA:
+    for key in DESCRIPTION_KEYS:
         if key in metadata:
             print(f"  {key:<16} {metadata[key]}", file=out)
     teacher = json.loads(metadata.get("provenance", "{}")).get("teacher")

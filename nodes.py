@@ -13,7 +13,7 @@ import torch
 
 from .distill import METHODS
 from .distill.comfyui import MEMORY_MODES
-from .learned_samplers import BASE_SOLVERS, sample_learned
+from .learned_samplers import BASE_SOLVERS, CONVENTIONS, sample_learned
 
 try:
     import comfy.model_management
@@ -31,6 +31,7 @@ if io is not None:
     from .distill.comfyui import distill_model
     from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
     from .schedules import comfyui as library
+    from .schedules.files import OPTIONAL_METADATA
     from .schedules.hub import pull_learned_solver
     from .schedules.plot import solver_figure
 
@@ -70,7 +71,7 @@ if io is not None:
                                    tooltip="The classical solver; learned solvers start from one of these."),
                     io.Combo.Input("corrector", options=["default", "on", "off"], default="default",
                                    tooltip="UniPC-style corrector at no extra model call; default: on for UniPC only."),
-                    io.Combo.Input("convention", options=["auto", "ve", "flow"], default="auto",
+                    io.Combo.Input("convention", options=["auto", *CONVENTIONS], default="auto",
                                    tooltip="auto: detect flow models (SD3, Flux, Wan). 've' on a flow model "
                                            "reproduces ComfyUI's own dpmpp_2m/ipndm steps."),
                 ],
@@ -251,7 +252,7 @@ if io is not None:
             solver = load_learned_solver(path)
             metadata = read_metadata(path)
             text = solver.summary() + "".join(f"\n{key}: {metadata[key]}" for key in
-                                              ("model_family", "cfg", "author", "description", "license")
+                                              OPTIONAL_METADATA
                                               if key in metadata)
             return io.NodeOutput(solver, ui=ui.PreviewText(text))
 

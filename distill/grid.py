@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..learned_samplers import half_log_snr, sigma_from_half_log_snr
+from ..learned_samplers import append_zero, half_log_snr, sigma_from_half_log_snr
 from ..schedules.grids import grid_coordinate, sigmas_from_coordinate
 
 
@@ -69,5 +69,5 @@ class MonotoneGrid(torch.nn.Module):
         sigmas = sigmas_from_coordinate(self.coordinate(), torch.stack([end, self.first]), self.convention)
         sigmas = torch.cat([self.first[None], sigmas[1:-1], end[None]])  # endpoints bit-exact
         if self.final_zero:
-            sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+            sigmas = append_zero(sigmas)
         return sigmas

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..learned_samplers import half_log_snr, resolve_convention, sample_learned, sigma_from_half_log_snr
+from ..learned_samplers import append_zero, half_log_snr, resolve_convention, sample_learned, sigma_from_half_log_snr
 
 # Sigmas closer than this (relative) are the same grid point.
 SAME_SIGMA = 1e-6
@@ -43,7 +43,7 @@ class TeacherRecord:
             return self.final
         gaps = (self.kept_sigmas - sigma).abs() / max(abs(sigma), 1e-30)
         index = int(gaps.argmin())
-        if gaps[index] > 1e-6:
+        if gaps[index] > SAME_SIGMA:
             raise KeyError(f"the teacher kept no state at sigma={sigma:g}; record it with keep=[...]")
         return self.states[index]
 
@@ -101,7 +101,7 @@ def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | 
     else:
         grid = positive
     if final_zero:
-        grid = torch.cat([grid, grid.new_zeros(1)])
+        grid = append_zero(grid)
     return grid
 
 
@@ -125,7 +125,7 @@ def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "
     for value in keep:
         gaps = (sigmas - value).abs() / value
         index = int(gaps.argmin())
-        if gaps[index] > 1e-6:
+        if gaps[index] > SAME_SIGMA:
             raise ValueError(f"sigma {value:g} is not on the teacher grid; build it with teacher_grid()")
         keep_idx.append(index)
     keep_idx = sorted(set(keep_idx))

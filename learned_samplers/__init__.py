@@ -20,6 +20,7 @@ from .gaussian_mixture import GaussianMixtureDenoiser, single_gaussian_ode_solut
 from .solver import (
     LEARNED_OPTIONS,
     SAMPLERS,
+    append_zero,
     check_sigmas,
     sample_dpmpp_2m,
     sample_dpmpp_3m,
@@ -41,6 +42,7 @@ __all__ = [
     "GaussianMixtureDenoiser",
     "PredictionDenoiser",
     "StepTables",
+    "append_zero",
     "apply_corrections",
     "base_orders",
     "base_tables",

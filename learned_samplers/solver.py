@@ -36,6 +36,11 @@ except ImportError:  # pragma: no cover - tqdm is optional
         return range(n)
 
 
+def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    """sigmas [N] -> [N + 1] ending in 0, a final denoising step (k-diffusion's helper)."""
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
 # the options of ``sample_learned`` that a fit learns (tensors per step), in file order
 LEARNED_OPTIONS = ("eval_offsets", "d_corrections", "step_scales", "corrector_corrections")
 

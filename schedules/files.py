@@ -42,6 +42,8 @@ MAX_VE_SIGMA = 1e5
 COORDINATE_TOLERANCE = 1e-6  # |u - grid_coordinate(sigmas)|: u is derived, so it must agree
 OPTIONAL_METADATA = ("model_family", "prediction", "shift", "fingerprint", "cfg", "resolution", "author",
                      "description", "license", "package_version")
+# what describes a solver, in reading order (inspect, the Hub card): required, then optional keys
+DESCRIPTION_KEYS = ("method", "base", "convention", "corrector", "nfes", "sigma_min", "sigma_max") + OPTIONAL_METADATA
 EXTENSION = ".safetensors"
 
 

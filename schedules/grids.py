@@ -11,13 +11,11 @@ import math
 
 import torch
 
-from ..learned_samplers import signal_scale
+from ..learned_samplers import append_zero, signal_scale
 
 
 def _finish(sigmas: torch.Tensor, final_zero: bool) -> torch.Tensor:
-    if final_zero:
-        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
-    return sigmas
+    return append_zero(sigmas) if final_zero else sigmas
 
 
 def _check(steps: int, sigma_min: float, sigma_max: float):
@@ -141,7 +139,7 @@ def align_your_steps(steps: int, table=AYS_SD1, final_zero: bool = True) -> torc
     if steps + 1 != len(values):
         values = loglinear_interp(values, steps)
     if final_zero:  # as ComfyUI's AlignYourStepsScheduler: the last table entry becomes 0
-        values = torch.cat([values[:-1], values.new_zeros(1)])
+        values = append_zero(values[:-1])
     return values
 
 

@@ -13,6 +13,7 @@ import json
 import os
 
 from .files import (
+    DESCRIPTION_KEYS,
     EXTENSION,
     _read_bytes,
     load_learned_solver,
@@ -98,9 +99,8 @@ def model_card(metadata: dict, filename: str) -> str:
 
     fits = json.loads(metadata.get("fits", "{}"))
     front = {"library_name": LIBRARY_NAME, "tags": CARD_TAGS, "learned_solver": {"file": filename}}
-    for key in ("method", "base", "convention", "nfes", "sigma_min", "sigma_max", "model_family", "prediction",
-                "shift", "fingerprint", "cfg", "resolution", "package_version", "format_version"):
-        if key in metadata:
+    for key in DESCRIPTION_KEYS + ("format_version",):
+        if key in metadata and key not in ("author", "description", "license"):  # those have their own places
             front["learned_solver"][key] = metadata[key]
     if "license" in metadata:
         front["license"] = metadata["license"].lower()

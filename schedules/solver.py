@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..learned_samplers import LEARNED_OPTIONS, sample_learned
+from ..learned_samplers import LEARNED_OPTIONS, append_zero, sample_learned
 from .grids import grid_coordinate, loglinear_interp, sigmas_from_coordinate
 
 
@@ -136,7 +136,7 @@ class LearnedSolver:
                 raise ValueError(f"cannot interpolate the NFE {nearest} grid to {total} steps; fit {total} steps")
             sigmas = loglinear_interp(positive, points - 1)
             if final_zero:
-                sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+                sigmas = append_zero(sigmas)
             notes.append(f"NFE {total} was not fitted (fitted: {self.nfes}); its grid is log-linearly "
                          f"interpolated from NFE {nearest}, without the learned coefficients")
         if sigma_range is not None and not _same_range(sigma_range, self.sigma_range):
