@@ -82,44 +82,48 @@ def pickle_renamed(draw):
     return pickle.dumps(payload, protocol=draw(st.integers(0, pickle.HIGHEST_PROTOCOL))), True
 
 
+def with_values(key, change):
+    """The valid file with tensor ``key``'s values replaced by ``change(values)`` [float64]."""
+    header, data = header_and_data()
+    start, end = header[key]["data_offsets"]
+    values = change(torch.frombuffer(bytes(data[start:end]), dtype=torch.float64).clone())
+    data[start:end] = values.numpy().tobytes()
+    return assemble(header, data)
+
+
+def replaced(values, index, value):
+    values[index] = value
+    return values
+
+
 @st.composite
 def poisoned_values(draw):
-    header, data = header_and_data()
     key = draw(st.sampled_from(TENSOR_KEYS))
-    start, end = header[key]["data_offsets"]
-    values = torch.frombuffer(bytes(data[start:end]), dtype=torch.float64).clone()
-    index = draw(st.integers(0, len(values) - 1))
-    values[index] = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
-    data[start:end] = values.numpy().tobytes()
-    return assemble(header, data), True
+    index = draw(st.integers(0, math.prod(HEADER[key]["shape"]) - 1))
+    value = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
+    return with_values(key, lambda v: replaced(v, index, value)), True
 
 
 @st.composite
 def absurd_values(draw):
     """Finite values of any magnitude in one tensor (a scaled copy, or one value replaced)."""
-    header, data = header_and_data()
     key = draw(st.sampled_from(TENSOR_KEYS))
-    start, end = header[key]["data_offsets"]
-    values = torch.frombuffer(bytes(data[start:end]), dtype=torch.float64).clone()
     magnitude = 10.0 ** draw(st.integers(-3, 300)) * draw(st.sampled_from([1, -1]))
     if draw(st.booleans()):
-        values = values * magnitude
-    else:
-        values[draw(st.integers(0, len(values) - 1))] = magnitude
-    data[start:end] = values.numpy().tobytes()
-    return assemble(header, data), False
+        return with_values(key, lambda v: v * magnitude), False
+    index = draw(st.integers(0, math.prod(HEADER[key]["shape"]) - 1))
+    return with_values(key, lambda v: replaced(v, index, magnitude)), False
 
 
 @st.composite
 def non_monotone(draw):
-    header, data = header_and_data()
     key = draw(st.sampled_from([k for k in TENSOR_KEYS if k.endswith(".sigmas")]))
-    start, end = header[key]["data_offsets"]
-    values = torch.frombuffer(bytes(data[start:end]), dtype=torch.float64).clone()
-    i = draw(st.integers(0, len(values) - 2))
-    values[i], values[i + 1] = values[i + 1], values[i]
-    data[start:end] = values.numpy().tobytes()
-    return assemble(header, data), True
+    i = draw(st.integers(0, HEADER[key]["shape"][0] - 2))
+
+    def swap(values):
+        values[i], values[i + 1] = values[i + 1].clone(), values[i].clone()
+        return values
+    return with_values(key, swap), True
 
 
 @st.composite
