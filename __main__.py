@@ -26,6 +26,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from .distill.settings import METHODS  # noqa: E402
 from .learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned  # noqa: E402
 from .schedules import SD15_SIGMA_MAX, SD15_SIGMA_MIN, exponential, karras, sd15_schedules  # noqa: E402
 
@@ -314,7 +315,7 @@ def export_sigmas(path: str, steps: int | None, denoise: float, sigma_range, sty
 def demo_options(parser):
     parser.add_argument("--nfe", type=whole_number(DEMO_NFES.start, DEMO_NFES.stop - 1), default=4,
                         help=f"model calls of the learned solver ({DEMO_NFES.start}..{DEMO_NFES.stop - 1}; default 4)")
-    parser.add_argument("--method", default="auto", choices=["auto", "dode", "ld3", "s4s", "s4s_alt"],
+    parser.add_argument("--method", default="auto", choices=list(METHODS),
                         help="what to fit: auto (recommended), dode (step scales, seconds), ld3 (time grid), "
                              "s4s (coefficients), s4s_alt (both, alternating)")
     parser.add_argument("--iterations", type=whole_number(0, 5000), default=100,
