@@ -8,6 +8,7 @@ options. Framework-free: nothing here imports ComfyUI.
 from .coefficients import BASE_SOLVERS, CORRECTION_LIMIT, HISTORY, StepTables, apply_corrections, base_orders, base_tables
 from .conventions import (
     CONVENTIONS,
+    MIN_LAMBDA_GAP,
     PREDICTIONS,
     PredictionDenoiser,
     detect_convention,
@@ -36,6 +37,7 @@ __all__ = [
     "CONVENTIONS",
     "CORRECTION_LIMIT",
     "HISTORY",
+    "MIN_LAMBDA_GAP",
     "LEARNED_OPTIONS",
     "PREDICTIONS",
     "SAMPLERS",

@@ -27,6 +27,9 @@ CONVENTIONS = ("ve", "flow")
 # Half-log-SNR is clamped to this magnitude where it is infinite (flow t = 1), which keeps the
 # step-ratio arithmetic and its gradients finite; a t of 1 - 1e-12 is indistinguishable in float32.
 LAMBDA_LIMIT = 27.0
+# neighbouring grid points closer than this in half-log-SNR are one step: a solver divides by
+# the step h, and a learned grid or a remapped one must not bring h near 0
+MIN_LAMBDA_GAP = 1e-4
 
 
 def check_convention(convention: str) -> str:

@@ -27,7 +27,16 @@ import tempfile
 
 import torch
 
-from ..learned_samplers import BASE_SOLVERS, CONVENTIONS, CORRECTION_LIMIT, HISTORY, LEARNED_OPTIONS, half_log_snr
+from ..learned_samplers import (
+    BASE_SOLVERS,
+    CONVENTIONS,
+    CORRECTION_LIMIT,
+    HISTORY,
+    LEARNED_OPTIONS,
+    MIN_LAMBDA_GAP,
+    half_log_snr,
+    sample_learned,
+)
 from .grids import grid_coordinate
 from .solver import FittedSteps, LearnedSolver
 
@@ -39,6 +48,11 @@ MAX_NFE = 1000
 # the largest sigma_max of any VE model (SD1.x/SDXL 14.6, EDM 80, zero-terminal-SNR schedules
 # about 4.5e3) is far below this; a larger one is no model's, and its start noise overflows
 MAX_VE_SIGMA = 1e5
+# no model's sigma_min is near this (SD 0.029, EDM 0.002, flow 1e-3..3e-4); far below it the
+# half-log-SNR saturates and neighbouring sigmas become the same step
+MIN_SIGMA = 1e-6
+# the probe: unit-Gaussian data, whose ODE ends at values of about 1; a sane solver lands there
+PROBE_LIMIT = 1e3
 COORDINATE_TOLERANCE = 1e-6  # |u - grid_coordinate(sigmas)|: u is derived, so it must agree
 OPTIONAL_METADATA = ("model_family", "prediction", "shift", "fingerprint", "cfg", "resolution", "author",
                      "description", "license", "package_version")
@@ -242,7 +256,7 @@ def _solver_from_bytes(blob: bytes, path):
     if corrector not in ("true", "false"):
         _fail(path, f"has corrector {corrector!r}; it must be 'true' or 'false'")
     sigma_min, sigma_max = _parse_float(metadata, "sigma_min", path), _parse_float(metadata, "sigma_max", path)
-    if not 0 < sigma_min < sigma_max or sigma_max > (1 if convention == "flow" else MAX_VE_SIGMA):
+    if not MIN_SIGMA <= sigma_min < sigma_max or sigma_max > (1 if convention == "flow" else MAX_VE_SIGMA):
         _fail(path, f"declares the sigma range ({sigma_min:g}, {sigma_max:g}), which is impossible for "
                     f"a {convention} model")
     listed = _metadata_value(metadata, "nfes", path)  # outside the try: the package error is a ValueError too
@@ -250,8 +264,8 @@ def _solver_from_bytes(blob: bytes, path):
         nfes = sorted({int(n) for n in listed.split(",")})
     except ValueError:
         _fail(path, f"has nfes {listed!r}; it must be a comma-separated list of step counts")
-    if not nfes or nfes[0] < 1 or nfes[-1] > MAX_NFE:
-        _fail(path, f"lists step counts {nfes}; each must be between 1 and {MAX_NFE}")
+    if not nfes or nfes[0] < 2 or nfes[-1] > MAX_NFE:
+        _fail(path, f"lists step counts {nfes}; each must be between 2 and {MAX_NFE}")
     fits_info = _parse_json(metadata, "fits", path)
     provenance = _parse_json(metadata, "provenance", path)
     if not isinstance(fits_info, dict) or not isinstance(provenance, dict):
@@ -281,8 +295,13 @@ def _solver_from_bytes(blob: bytes, path):
         positive = sigmas[:-1] if sigmas[-1] == 0 else sigmas
         if len(positive) < 1 or not bool((sigmas[1:] < sigmas[:-1]).all()):
             _fail(path, f"the NFE {n} sigmas are not strictly decreasing")
-        if positive[-1] < sigma_min * (1 - 1e-9) or positive[0] > sigma_max * (1 + 1e-9):
+        if (positive[-1] < sigma_min * (1 - 1e-9) or positive[0] > sigma_max * (1 + 1e-9)
+                or (convention == "flow" and positive[0] > 1)):
             _fail(path, f"the NFE {n} sigmas leave the declared range [{sigma_min:g}, {sigma_max:g}]")
+        lam = half_log_snr(positive, convention)
+        if len(lam) > 1 and (lam[1:] - lam[:-1]).min() < MIN_LAMBDA_GAP:
+            _fail(path, f"the NFE {n} sigmas have neighbours at the same noise level (half-log-SNR closer than "
+                        f"{MIN_LAMBDA_GAP:g}); they would divide by a zero step")
         _check_learned_values(present, n, (sigma_min, sigma_max), convention, path)
         info = fits_info.get(str(n), {}) if isinstance(fits_info.get(str(n), {}), dict) else {}
         fits[n] = FittedSteps(
@@ -295,9 +314,33 @@ def _solver_from_bytes(blob: bytes, path):
     for key in OPTIONAL_METADATA:
         if key in metadata:
             provenance.setdefault("file", {})[key] = metadata[key]
-    return LearnedSolver(base=base, convention=convention, corrector=corrector == "true",
-                         method=metadata.get("method", "learned"), sigma_range=(sigma_min, sigma_max),
-                         fits=fits, provenance=provenance)
+    solver = LearnedSolver(base=base, convention=convention, corrector=corrector == "true",
+                           method=metadata.get("method", "learned"), sigma_range=(sigma_min, sigma_max),
+                           fits=fits, provenance=provenance)
+    _probe(solver, path)
+    return solver
+
+
+def _probe(solver, path):
+    """Sample each fit on unit-Gaussian data (its posterior mean is exact: x / (1 + sigma^2) for
+    VE, (1 - t) x / ((1 - t)^2 + t^2) for flow): within the bounds a fit still compounds its
+    corrections over many steps, and a file whose solver leaves that model's answer (values
+    about 1) by orders of magnitude would do the same on a real one."""
+    flow = solver.convention == "flow"
+
+    def unit_gaussian(x, sigma):
+        s = sigma.reshape(-1, *[1] * (x.ndim - 1))
+        return (1 - s) * x / ((1 - s) ** 2 + s ** 2) if flow else x / (1 + s ** 2)
+
+    noise = torch.randn(16, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for nfe, fit in solver.fits.items():
+        start = noise * (1.0 if flow else math.sqrt(1 + float(fit.sigmas[0]) ** 2))
+        with torch.no_grad():
+            out = sample_learned(unit_gaussian, start, fit.sigmas, None, None, True, base=solver.base,
+                                 convention=solver.convention, corrector=solver.corrector, **fit.options())
+        if not torch.isfinite(out).all() or out.abs().max() > PROBE_LIMIT:
+            _fail(path, f"its NFE {nfe} solver does not sample sensibly (on unit-Gaussian data it ends at "
+                        f"{float(out.abs().max()):.3g} instead of about 1); its coefficients are not a fit's")
 
 
 def _check_learned_values(present: dict, n: int, sigma_range, convention: str, path):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..learned_samplers import LEARNED_OPTIONS, append_zero, sample_learned
+from ..learned_samplers import LEARNED_OPTIONS, MIN_LAMBDA_GAP, append_zero, half_log_snr, sample_learned
 from .grids import grid_coordinate, loglinear_interp, sigmas_from_coordinate
 
 
@@ -118,6 +118,10 @@ class LearnedSolver:
         if convention is not None and convention != self.convention:
             raise ModelFamilyError(f"this learned solver was fitted for {MODEL_KINDS[self.convention]}, but the "
                                    f"model is {MODEL_KINDS.get(convention, convention)}; distill one for this model")
+        if sigma_range is not None and not (0 < float(sigma_range[0]) < float(sigma_range[1])
+                                            and (self.convention != "flow" or float(sigma_range[1]) <= 1)):
+            raise ValueError(f"sigma range {tuple(sigma_range)} is not a {self.convention} model's: it needs "
+                             f"0 < sigma_min < sigma_max" + (" <= 1 (flow time)" if self.convention == "flow" else ""))
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a whole number >= 1; got {steps!r}")
         if not 0 < denoise <= 1:
@@ -143,6 +147,11 @@ class LearnedSolver:
             coordinate = grid_coordinate(sigmas, self.sigma_range, self.convention)
             sigmas = sigmas_from_coordinate(coordinate, sigma_range, self.convention)
             sigmas[coordinate > 1 + 1e-9] = 0.0  # a final 0 stays 0
+            positive = sigmas[sigmas > 0]
+            gaps = half_log_snr(positive, self.convention).diff()
+            if len(gaps) and gaps.min() < MIN_LAMBDA_GAP:
+                raise ValueError(f"remapped to the sigma range {sigma_range[0]:.4g}..{sigma_range[1]:.4g}, this "
+                                 f"grid puts steps on top of each other; distill a solver for this model")
             notes.append(f"this solver was fitted for sigmas {self.sigma_range[0]:.4g}..{self.sigma_range[1]:.4g}; "
                          f"the grid is remapped to this model's {sigma_range[0]:.4g}..{sigma_range[1]:.4g} "
                          f"through its grid coordinate, which is an approximation: distill for this model")

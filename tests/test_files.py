@@ -1,6 +1,7 @@
 """Learned-solver files: round trip, atomic writes, and refusal of broken or hostile files."""
 
 import copy
+import math
 import json
 import os
 import pickle
@@ -152,23 +153,33 @@ def test_broken_and_hostile_files_raise_the_package_error(blob, tmp_path):
         assert path.name in str(caught.value), name
 
 
-def test_a_file_at_the_bounds_loads_and_samples_to_finite_values(solver, tmp_path):
-    """Corrections at +-CORRECTION_LIMIT and offsets reaching the neighbouring grid points are
-    what a fit may produce: such a file loads, and samples finite on a sane model."""
-    from learned_solvers.learned_samplers import CORRECTION_LIMIT, half_log_snr
+def with_coefficients(solver, correction, offset_share):
+    """``solver`` with every correction at +-``correction`` (alternating by step) and each
+    evaluation offset ``offset_share`` of the way to the neighbouring grid point."""
+    from learned_solvers.learned_samplers import half_log_snr
 
-    extreme = copy.deepcopy(solver)
-    for nfe, fit in extreme.fits.items():
+    changed = copy.deepcopy(solver)
+    for nfe, fit in changed.fits.items():
         signs = torch.tensor([(-1.0) ** i for i in range(nfe)], dtype=torch.float64)
-        fit.d_corrections = CORRECTION_LIMIT * signs[:, None].expand(nfe, 3).clone()
-        fit.step_scales = -CORRECTION_LIMIT * signs
+        fit.d_corrections = correction * signs[:, None].expand(nfe, 3).clone()
+        fit.step_scales = -correction * signs
         lam = half_log_snr(fit.sigmas[:-1], "ve")
         gaps = torch.cat([lam[1:] - lam[:-1], (lam[-1:] - lam[-2:-1])])
-        fit.eval_offsets = torch.cat([gaps[:-1], -gaps[-1:]]) * 0.999  # toward sigma_min, back from the last
-    loaded = load_learned_solver(save_learned_solver(extreme, tmp_path / "extreme"))
+        fit.eval_offsets = torch.cat([gaps[:-1], -gaps[-1:]]) * offset_share  # toward sigma_min, back from the last
+    return changed
+
+
+def test_a_file_inside_the_bounds_loads_only_if_it_samples_sensibly(solver, tmp_path):
+    """Corrections of a fit's size load and sample finite on a sane model; corrections at the
+    bound that compound into nonsense are refused by the reader's probe run."""
+    from learned_solvers.learned_samplers import CORRECTION_LIMIT
+
+    fit_sized = load_learned_solver(save_learned_solver(with_coefficients(solver, 0.5, 0.5), tmp_path / "fit_sized"))
     start = torch.randn((4,) + SHAPE, generator=torch.Generator().manual_seed(0)) * 14.6146
-    for nfe in loaded.nfes:
-        assert torch.isfinite(loaded.sample(MODEL, start, nfe)).all()
+    for nfe in fit_sized.nfes:
+        assert torch.isfinite(fit_sized.sample(MODEL, start, nfe)).all()
+    with pytest.raises(LearnedSolverFileError, match="does not sample sensibly"):
+        save_learned_solver(with_coefficients(solver, CORRECTION_LIMIT, 0.999), tmp_path / "extreme")
 
 
 def test_messages_name_the_fix(blob):
@@ -182,3 +193,49 @@ def test_messages_name_the_fix(blob):
 def test_missing_file_is_the_package_error(tmp_path):
     with pytest.raises(LearnedSolverFileError, match="cannot be read"):
         load_learned_solver(tmp_path / "absent.safetensors")
+
+
+def raw_file(sigmas, sigma_range, convention="ve", base="dpmpp_2m", **options):
+    """The bytes of a one-fit file, written without the package's own check on save."""
+    from safetensors.torch import save
+
+    from learned_solvers.schedules import FittedSteps, LearnedSolver, grid_coordinate
+    from learned_solvers.schedules.files import solver_metadata, solver_tensors
+
+    sigmas = torch.tensor(sigmas, dtype=torch.float64)
+    fit = FittedSteps(sigmas=sigmas, coordinate=grid_coordinate(sigmas, sigma_range, convention), **options)
+    solver = LearnedSolver(base=base, convention=convention, corrector=False, method="auto",
+                           sigma_range=sigma_range, fits={len(sigmas) - 1: fit})
+    return save(solver_tensors(solver), metadata=solver_metadata(solver))
+
+
+def hundred_step_grid():
+    grid = torch.logspace(math.log10(80), -3, 100, dtype=torch.float64)
+    grid[0], grid[-1] = 80.0, 1e-3
+    return torch.cat([grid, grid.new_zeros(1)]).tolist()
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("neighbouring floats", lambda: raw_file([14.6146412, math.nextafter(14.6146412, 0), 1.0, 0.0291675, 0.0],
+                                             (0.0291675, 14.6146412)), "same noise level"),
+    ("sigma_min 1e-15", lambda: raw_file([14.6, 1.0, 1e-13, 1e-14, 1e-15, 0.0], (1e-15, 14.6)), "impossible"),
+    ("corrections compounding over 100 steps",
+     lambda: raw_file(hundred_step_grid(), (1e-3, 80.0), d_corrections=torch.full((100, 4), 4.0)),
+     "does not sample sensibly"),
+    ("flow sigma above 1", lambda: raw_file([1.0 + 5e-10, 0.7, 0.3, 0.001, 0.0], (0.001, 1.0), "flow"),
+     "leave the declared range"),
+    ("one step", lambda: raw_file([14.6, 0.0], (0.03, 14.6)), "between 2 and"),
+])
+def test_files_that_would_not_sample_are_refused(name, data, message):
+    with pytest.raises(LearnedSolverFileError, match=message):
+        solver_from_bytes(data(), f"{name}.safetensors")
+
+
+def test_a_remap_that_puts_steps_on_top_of_each_other_is_refused(solver):
+    """A grid whose steps are far apart in its own range can land on top of each other in
+    another (here: a tiny sigma_min squeezed into SD1.5's range)."""
+    tiny = solver_from_bytes(raw_file([14.6, 1.0, 2e-6, 1.5e-6, 1e-6, 0.0], (1e-6, 14.6)))
+    with pytest.raises(ValueError, match="on top of each other"):
+        tiny.schedule(5, sigma_range=(0.03, 14.6))
+    with pytest.raises(ValueError, match="not a ve model's"):
+        tiny.schedule(5, sigma_range=(14.6, 0.03))
