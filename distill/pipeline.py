@@ -12,7 +12,7 @@ from ..schedules import exponential, karras, uniform
 from .fit import StudentParameters, autocast_model, fit_gradient, fit_step_scales, rmse, start_noise_scale
 from .settings import FitSettings, SolverSetup
 from ..schedules.grids import grid_coordinate
-from ..schedules.solver import FittedSteps, LearnedSolver
+from ..schedules.solver import MAX_NFE, FittedSteps, LearnedSolver
 from .teacher import record_teacher, teacher_grid
 
 GRID_NAMES = ("karras", "exponential", "uniform")
@@ -72,6 +72,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     nfes = sorted({int(n) for n in ([nfe] if isinstance(nfe, int) else nfe)})
     if not nfes or nfes[0] < 2:
         raise ValueError(f"NFE must be at least 2 for a learned solver; got {nfes}")
+    if nfes[-1] > MAX_NFE:
+        raise ValueError(f"NFE must be at most {MAX_NFE} for a learned solver (a few-step sampler); got {nfes}")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max; got {sigma_min} and {sigma_max}")
     convention = resolve_convention(model, convention)

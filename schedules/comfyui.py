@@ -12,7 +12,7 @@ import os
 import re
 
 from .files import EXTENSION, LearnedSolverFileError, load_learned_solver
-from .solver import ModelFamilyError
+from .solver import MAX_NFE, ModelFamilyError
 
 FOLDER = "learned_solvers"
 PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
@@ -22,7 +22,7 @@ log = logging.getLogger("learned_solvers")
 
 
 def parse_nfes(text) -> list:
-    """'4, 6' -> [4, 6]; each a step count from 2 to 100 (one teacher serves them all)."""
+    """'4, 6' -> [4, 6]; each a step count from 2 to MAX_NFE (one teacher serves them all)."""
     if isinstance(text, int):
         text = str(text)
     parts = [p for p in re.split(r"[,\s]+", str(text).strip()) if p]
@@ -30,8 +30,8 @@ def parse_nfes(text) -> list:
         values = sorted({int(p) for p in parts})
     except ValueError:
         raise ValueError(f"NFE must be whole numbers separated by commas, e.g. '4' or '4, 6'; got {text!r}") from None
-    if not values or values[0] < 2 or values[-1] > 100:
-        raise ValueError(f"each NFE must be between 2 and 100; got {text!r}")
+    if not values or values[0] < 2 or values[-1] > MAX_NFE:
+        raise ValueError(f"each NFE must be between 2 and {MAX_NFE}; got {text!r}")
     return values
 
 

@@ -38,13 +38,12 @@ from ..learned_samplers import (
     sample_learned,
 )
 from .grids import grid_coordinate
-from .solver import FittedSteps, LearnedSolver
+from .solver import MAX_NFE, FittedSteps, LearnedSolver
 
 FORMAT_NAME = "learned-solver"
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 1 << 20  # a learned solver is kilobytes; anything near a megabyte is not one
 MAX_HEADER_BYTES = 256 << 10
-MAX_NFE = 1000
 # the largest sigma_max of any VE model (SD1.x/SDXL 14.6, EDM 80, zero-terminal-SNR schedules
 # about 4.5e3) is far below this; a larger one is no model's, and its start noise overflows
 MAX_VE_SIGMA = 1e5

@@ -16,6 +16,9 @@ from ..learned_samplers import LEARNED_OPTIONS, MIN_LAMBDA_GAP, append_zero, hal
 from .grids import grid_coordinate, loglinear_interp, sigmas_from_coordinate
 
 
+# a learned solver is a few-step sampler: past this many steps classical solvers have converged
+MAX_NFE = 100
+
 # what each convention's models are, for messages
 MODEL_KINDS = {"ve": "an eps/v-prediction model (SD1.x, SDXL)", "flow": "a flow model (SD3, Flux, Wan)"}
 
