@@ -13,28 +13,37 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+import time
 
-# OpenMP threads that spin-wait collapse when another process holds a core (a teacher run took
-# 2.4x as long with one core busy); passive waiting costs nothing measurable on a quiet machine.
-# Set before torch loads its OpenMP runtime; a value in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-from .distill.settings import METHODS  # noqa: E402
-from .learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned  # noqa: E402
-from .schedules import SD15_SIGMA_MAX, SD15_SIGMA_MIN, exponential, karras, sd15_schedules  # noqa: E402
+from .distill.settings import METHODS
+from .learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
+from .schedules import SD15_SIGMA_MAX, SD15_SIGMA_MIN, exponential, karras, sd15_schedules
 
 GRIDS = {
     "karras": lambda n: karras(n, SD15_SIGMA_MIN, SD15_SIGMA_MAX, final_zero=True),
     "exponential": lambda n: exponential(n, SD15_SIGMA_MIN, SD15_SIGMA_MAX, final_zero=True),
 }
 DEMO_NFES = range(2, 21)  # each step adds fit time; past 20 steps built-in solvers are already close
+
+
+def pick_threads(requested: int | None = None) -> int:
+    """Threads for torch: ``requested``, else the cores that other processes leave free (from
+    the 1-minute load average), at least 1. OpenMP threads that share a core with another busy
+    process spin-wait at every parallel step: with one of 2 cores busy a teacher run took 2.4x
+    as long on 2 threads as quiet, and on 1 thread was fastest."""
+    if requested:
+        return requested
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this system
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
 
 
 class CommandError(Exception):
@@ -426,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Few-step diffusion solvers fitted to a model: a demo, and "
                                                  "the commands for learned-solver files. COMMAND --help "
                                                  "lists a command's options.")
+    parser.add_argument("--threads", type=whole_number(1, 256),
+                        help="CPU threads for torch (default: the cores other processes leave free)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, options, _) in COMMANDS.items():
         options(commands.add_parser(name, help=summary, description=summary))
@@ -437,6 +448,11 @@ def main(argv=None) -> int:
     from .schedules.hub import SharingError
 
     args = build_parser().parse_args(argv)
+    if args.command in ("demo", "compare"):  # the commands that compute; the file commands take no time
+        threads = pick_threads(args.threads)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+            print(f"using {threads} CPU thread{'s' if threads > 1 else ''} (--threads to choose)", file=sys.stderr)
     try:
         return COMMANDS[args.command][2](args)
     except (CommandError, LearnedSolverFileError, SharingError, ValueError) as err:

@@ -78,3 +78,14 @@ def test_a_schedule_keeps_its_colour_in_every_picture():
     assert colour("ays", 2) == colour("ays (SD1.5)", 3)
     assert colour("exponential", 3) == colour("exponential", 2)
     assert len({colour(n, i) for i, n in enumerate(["learned (auto)", "karras", "exponential", "ays"])}) == 4
+
+
+def test_threads_leave_busy_cores_alone(monkeypatch):
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (1.1, 1.0, 1.0))  # another job holds a core
+    assert cli.pick_threads() == 1
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.1, 0.2, 0.2))
+    assert cli.pick_threads() == 2
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert cli.pick_threads() == 1
+    assert cli.pick_threads(3) == 3
