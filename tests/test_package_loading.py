@@ -88,3 +88,14 @@ def test_the_package_metadata_declares_nothing_empty_or_made_up():
     assert isinstance(project["project"]["license"], str)  # an SPDX expression, not the whole text
     assert all(value != "" for value in project["tool"]["comfy"].values())
     assert "urls" not in project["project"]  # added when published (README: Publishing), never a placeholder
+
+
+def test_the_root_file_imports_on_its_own_as_pytest_imports_a_checkout_in_an_odd_folder():
+    """pytest imports the root __init__.py as a lone module when the folder name is no
+    identifier (a clone in "check-ci"): a relative import at its top would fail every test."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("__init__", ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.comfy_entrypoint)
