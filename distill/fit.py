@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..learned_samplers import CORRECTION_LIMIT, half_log_snr, sample_learned
+from ..learned_samplers import CORRECTION_LIMIT, half_log_snr, sample_learned, start_noise_scale
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .grid import MonotoneGrid
@@ -305,12 +305,6 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
             progress(step_offset + iteration + 1, total_steps, float(value.detach()), log["validation"][-1][1])
     params.load_state_dict(best_state)
     return best, best_rmse, params, log
-
-
-def start_noise_scale(sigma_max: float, convention: str) -> float:
-    """Host units of one unit of start noise, as ComfyUI scales full-denoise noise:
-    sqrt(1 + sigma_max^2) for VE models, 1 for flow models (t = 1)."""
-    return 1.0 if convention == "flow" else math.sqrt(1.0 + sigma_max ** 2)
 
 
 __all__ = [

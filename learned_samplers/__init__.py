@@ -16,6 +16,7 @@ from .conventions import (
     resolve_convention,
     sigma_from_half_log_snr,
     signal_scale,
+    start_noise_scale,
 )
 from .gaussian_mixture import GaussianMixtureDenoiser, single_gaussian_ode_solution
 from .solver import (
@@ -61,5 +62,6 @@ __all__ = [
     "sample_unipc_bh2",
     "sigma_from_half_log_snr",
     "signal_scale",
+    "start_noise_scale",
     "single_gaussian_ode_solution",
 ]

@@ -20,6 +20,8 @@ models (Euler is the same in both conventions).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 CONVENTIONS = ("ve", "flow")
@@ -156,3 +158,9 @@ __all__ = [
     "sigma_from_half_log_snr",
     "signal_scale",
 ]
+
+
+def start_noise_scale(sigma_max: float, convention: str) -> float:
+    """Host units of one unit of start noise, as ComfyUI scales full-denoise noise:
+    sqrt(1 + sigma_max^2) for VE models, 1 for flow models (t = 1)."""
+    return 1.0 if convention == "flow" else math.sqrt(1.0 + sigma_max ** 2)

@@ -36,6 +36,7 @@ from ..learned_samplers import (
     MIN_LAMBDA_GAP,
     half_log_snr,
     sample_learned,
+    start_noise_scale,
 )
 from .grids import grid_coordinate
 from .solver import MAX_NFE, FittedSteps, LearnedSolver
@@ -297,10 +298,6 @@ def _solver_from_bytes(blob: bytes, path):
         if (positive[-1] < sigma_min * (1 - 1e-9) or positive[0] > sigma_max * (1 + 1e-9)
                 or (convention == "flow" and positive[0] > 1)):
             _fail(path, f"the NFE {n} sigmas leave the declared range [{sigma_min:g}, {sigma_max:g}]")
-        lam = half_log_snr(positive, convention)
-        if len(lam) > 1 and (lam[1:] - lam[:-1]).min() < MIN_LAMBDA_GAP:
-            _fail(path, f"the NFE {n} sigmas have neighbours at the same noise level (half-log-SNR closer than "
-                        f"{MIN_LAMBDA_GAP:g}); they would divide by a zero step")
         _check_learned_values(present, n, (sigma_min, sigma_max), convention, path)
         info = fits_info.get(str(n), {}) if isinstance(fits_info.get(str(n), {}), dict) else {}
         fits[n] = FittedSteps(
@@ -333,7 +330,7 @@ def _probe(solver, path):
 
     noise = torch.randn(16, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for nfe, fit in solver.fits.items():
-        start = noise * (1.0 if flow else math.sqrt(1 + float(fit.sigmas[0]) ** 2))
+        start = noise * start_noise_scale(float(fit.sigmas[0]), solver.convention)
         with torch.no_grad():
             out = sample_learned(unit_gaussian, start, fit.sigmas, None, None, True, base=solver.base,
                                  convention=solver.convention, corrector=solver.corrector, **fit.options())
@@ -345,6 +342,10 @@ def _probe(solver, path):
 def _check_learned_values(present: dict, n: int, sigma_range, convention: str, path):
     """Refuse values no fit produces, which would sample to NaN or inf (see FORMAT.md, Bounds)."""
     sigmas = present["sigmas"]
+    gaps = half_log_snr(sigmas[sigmas > 0], convention).diff()  # n >= 2, so at least one
+    if gaps.min() < MIN_LAMBDA_GAP:
+        _fail(path, f"the NFE {n} sigmas have neighbours at the same noise level (half-log-SNR closer than "
+                    f"{MIN_LAMBDA_GAP:g}); they would divide by a zero step")
     expected = grid_coordinate(sigmas, sigma_range, convention)
     if not torch.allclose(present["coordinate"], expected, rtol=0, atol=COORDINATE_TOLERANCE):
         _fail(path, f"the NFE {n} coordinate does not match its sigmas (it is derived from them; the "
@@ -355,14 +356,14 @@ def _check_learned_values(present: dict, n: int, sigma_range, convention: str, p
                         f"corrections stay within +-{CORRECTION_LIMIT:g} (whole steps of the base solver), so "
                         f"this file would not sample sensibly")
     if "eval_offsets" in present:
-        # a step evaluates the model between its neighbouring grid points, inside the model's range
-        positive = sigmas[sigmas > 0]
-        lam = half_log_snr(positive, convention)
-        gaps = (lam[1:] - lam[:-1]).tolist() or [0.0]
-        widest = torch.tensor([max(gaps[max(i - 1, 0):i + 1] or gaps[-1:]) for i in range(n)], dtype=torch.float64)
+        # a step evaluates the model between its neighbouring grid points, inside the model's range:
+        # step i's gaps are gaps[i - 1] (before it) and gaps[i] (after it), where they exist
+        before = torch.cat([gaps[:1], gaps])[:n]
+        after = torch.cat([gaps, gaps[-1:]])[:n]
+        widest = torch.maximum(before, after)
         offsets = present["eval_offsets"]
         low, high = (half_log_snr(torch.tensor(s, dtype=torch.float64), convention) for s in sigma_range[::-1])
-        evaluated = half_log_snr(sigmas[:n].clamp(min=sigma_range[0]), convention) + offsets
+        evaluated = half_log_snr(sigmas[:n], convention) + offsets
         if (offsets.abs() > widest + 1e-9).any() or (evaluated < low - 1e-6).any() or (evaluated > high + 1e-6).any():
             _fail(path, f"tensor 'nfe{n}.eval_offsets' moves model calls outside their steps or outside the "
                         f"sigma range; a fit keeps them within the neighbouring grid points")
