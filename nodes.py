@@ -6,12 +6,13 @@ exist only when ComfyUI's ``comfy_api`` is importable.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
 import torch
 
-from .distill import METHODS
+from .distill import METHODS, FitSettings
 from .distill.comfyui import MEMORY_MODES
 from .learned_samplers import BASE_SOLVERS, CONVENTIONS, sample_learned
 
@@ -25,15 +26,16 @@ except ImportError:  # not running inside ComfyUI
     io = None
 
 CATEGORY = "sampling/custom_sampling/learned"
+DEFAULTS = FitSettings()  # the Distill node shows the library's defaults
 log = logging.getLogger("learned_solvers")
 
 if io is not None:
-    from .distill.comfyui import distill_model
+    from .distill.comfyui import compare_model, distill_model
     from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
     from .schedules import comfyui as library
     from .schedules.files import OPTIONAL_METADATA
     from .schedules.hub import pull_learned_solver
-    from .schedules.plot import solver_figure
+    from .schedules.plot import labelled_rows, solver_figure
 
     LearnedSolverSocket = io.Custom("LEARNED_SOLVER")
 
@@ -116,15 +118,19 @@ if io is not None:
                                            "gradient (recommended). ld3: time grid only. dode: one scalar "
                                            "per step, no backprop. s4s: coefficients. s4s_alt: both, "
                                            "alternating."),
-                    io.Combo.Input("base", options=list(BASE_SOLVERS), default="dpmpp_2m",
-                                   tooltip="The classical solver the learned one starts from."),
-                    io.Int.Input("teacher_steps", default=32, min=8, max=200,
-                                 tooltip="Steps of the reference (teacher) run; more is more accurate "
-                                         "and slower."),
-                    io.Int.Input("samples", default=24, min=2, max=512,
-                                 tooltip="Noise seeds the fit learns from (another 8 are held out to "
-                                         "check it)."),
-                    io.Int.Input("iterations", default=200, min=0, max=5000,
+                    io.Combo.Input("base", options=["auto", *BASE_SOLVERS], default=DEFAULTS.base,
+                                   tooltip="The classical solver the learned one starts from. auto: every "
+                                           "solver x schedule you already have is scored on your model and "
+                                           "the fit starts from the best pair; the result is never worse "
+                                           "than that pair (where no fit beats it, it is that pair)."),
+                    io.Int.Input("teacher_steps", default=DEFAULTS.teacher_steps, min=8, max=200,
+                                 tooltip="Steps of the reference (teacher) run. It is checked against half as "
+                                         "many steps, and samples where the two disagree are run again at "
+                                         "twice the steps; the residual is in the node's text."),
+                    io.Int.Input("samples", default=DEFAULTS.samples, min=2, max=512,
+                                 tooltip=f"Noise seeds the fit learns from (another {DEFAULTS.validation} are "
+                                         f"held out to check it)."),
+                    io.Int.Input("iterations", default=DEFAULTS.iterations, min=0, max=5000,
                                  tooltip="Gradient steps per NFE (0: D-ODE only)."),
                     io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
                                  tooltip="Seeds the noises and the fit; the same seed gives the same result."),
@@ -313,8 +319,90 @@ if io is not None:
             solver = load_learned_solver(path)
             return io.NodeOutput(solver, ui=ui.PreviewText(f"pulled {os.path.basename(path)}\n{solver.summary()}"))
 
-    NODES = [DistillSampler, LearnedSampler, LearnedSigmas, LoadLearnedSolver, SaveLearnedSolver,
-             PullLearnedSolver, SolverFamilySampler]
+    def _pictures(latents, vae) -> torch.Tensor:
+        """Latents [B, C, H, W] as IMAGE [B, H, W, 3]: decoded by the VAE, or (without one) the
+        first three channels, each image stretched to 0..1 (a preview, not the picture)."""
+        if vae is not None:
+            images = vae.decode(latents)
+            return images.reshape(-1, *images.shape[-3:])[..., :3].float().cpu()
+        channels = latents[:, :3] if latents.shape[1] >= 3 else latents[:, :1].expand(-1, 3, -1, -1)
+        flat = channels.flatten(1)
+        low, high = flat.min(1).values[:, None, None, None], flat.max(1).values[:, None, None, None]
+        return ((channels - low) / (high - low).clamp(min=1e-8)).permute(0, 2, 3, 1).float().cpu()
+
+    class CompareSamplers(io.ComfyNode):
+        """The teacher, a learned solver and the built-in pairs side by side on the same seeds."""
+
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return io.Schema(
+                node_id="LSCompareSamplers",
+                display_name="Compare Samplers",
+                category=CATEGORY,
+                description=(
+                    "Runs an accurate teacher and, at the same number of model calls, a learned solver "
+                    "and every built-in sampler x scheduler on the same seeds with your prompt and CFG; "
+                    "shows them side by side with each one's error to the teacher, and gives the "
+                    "winner as SAMPLER + SIGMAS."
+                ),
+                inputs=[
+                    io.Model.Input("model"),
+                    io.Conditioning.Input("positive"),
+                    io.Conditioning.Input("negative"),
+                    io.Latent.Input("latent_image", tooltip="Sets the size (an Empty Latent Image is enough)."),
+                    io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                    io.Int.Input("nfe", default=4, min=2, max=100, tooltip="Model calls per image for every "
+                                                                          "sampler compared."),
+                    io.Int.Input("seeds", default=8, min=1, max=256, tooltip="Noise seeds the errors are "
+                                                                            "measured on."),
+                    io.Int.Input("shown", default=4, min=1, max=16, tooltip="Seeds shown in the picture."),
+                    io.Int.Input("built_ins_shown", default=3, min=1, max=12,
+                                 tooltip="How many of the best built-in pairs get a row in the picture."),
+                    io.Int.Input("seed", default=1, min=0, max=0xFFFFFFFFFFFFFFFF),
+                    LearnedSolverSocket.Input("learned_solver", optional=True),
+                    io.Vae.Input("vae", optional=True, tooltip="Decodes the results; without it the "
+                                                               "picture shows latent previews."),
+                ],
+                outputs=[
+                    io.Image.Output(display_name="comparison", tooltip="One row per sampler, one column "
+                                                                        "per seed, each labelled with its error."),
+                    io.String.Output(display_name="table", tooltip="Every sampler's error, best first."),
+                    io.Sampler.Output(display_name="winner_sampler"),
+                    io.Sigmas.Output(display_name="winner_sigmas"),
+                ],
+                is_output_node=True,
+            )
+
+        @classmethod
+        def execute(cls, model, positive, negative, latent_image, cfg, nfe, seeds, shown, built_ins_shown, seed,
+                    learned_solver=None, vae=None) -> io.NodeOutput:
+            bar = {}
+
+            def progress(done, total):
+                bar.setdefault("bar", comfy.utils.ProgressBar(total)).update_absolute(done, total)
+
+            def cancel():
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                return False
+
+            result = compare_model(model, positive, negative, latent_image, cfg, nfe, solver=learned_solver,
+                                   samples=seeds, show=min(shown, seeds), seed=seed, progress=progress,
+                                   cancel=cancel)
+            rows = [("teacher\n" + f"{result.teacher.report()['steps']} steps", result.shown)]
+            picked = [e for e in result.entries if e.learned] + [e for e in result.entries if not e.learned][
+                :built_ins_shown]
+            for entry in sorted(picked, key=lambda e: e.score):
+                rows.append((f"{entry.label}\nRMSE {entry.summary()['mean']:.4f}", entry.outputs))
+            pictures = [(label, _pictures(latents, vae)) for label, latents in rows]
+            sheet = labelled_rows(pictures)
+            table = result.table()
+            winner = result.winner
+            sampler = comfy.samplers.KSAMPLER(functools.partial(sample_learned, **winner.options))
+            return io.NodeOutput(_image_tensor(sheet), table, sampler, winner.sigmas.float(),
+                                 ui=ui.PreviewText(table))
+
+    NODES = [DistillSampler, CompareSamplers, LearnedSampler, LearnedSigmas, LoadLearnedSolver,
+             SaveLearnedSolver, PullLearnedSolver, SolverFamilySampler]
 
     class LearnedSolversExtension(ComfyExtension):
         async def get_node_list(self) -> list[type[io.ComfyNode]]:

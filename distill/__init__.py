@@ -14,9 +14,9 @@ from .memory import checkpointed_blocks, checkpointed_model, network_blocks
 from ..schedules.grids import grid_coordinate, sigmas_from_coordinate
 from ..schedules.solver import FittedSteps, LearnedSolver
 from .grid import MonotoneGrid
-from .pipeline import distill, initial_grid, start_states
+from .pipeline import candidate_schedules, distill, start_states
 from .settings import LOSSES, METHODS, FitSettings, SolverSetup
-from .teacher import TeacherRecord, record_teacher, teacher_grid
+from .teacher import RefinedTeacher, TeacherRecord, record_teacher, refine_teacher, teacher_grid
 
 __all__ = [
     "LOSSES",
@@ -28,17 +28,19 @@ __all__ = [
     "FittedSteps",
     "LearnedSolver",
     "MonotoneGrid",
+    "RefinedTeacher",
     "TeacherRecord",
     "autocast_model",
     "checkpointed_blocks",
     "checkpointed_model",
+    "candidate_schedules",
     "distill",
     "fit_gradient",
     "fit_step_scales",
     "grid_coordinate",
-    "initial_grid",
     "network_blocks",
     "record_teacher",
+    "refine_teacher",
     "rmse",
     "sigmas_from_coordinate",
     "start_noise_scale",

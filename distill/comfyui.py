@@ -27,11 +27,13 @@ import math
 import torch
 
 from ..learned_samplers import half_log_snr, sigma_from_half_log_snr
-from ..schedules.comfyui import model_facts
+from ..schedules.comfyui import host_schedules, model_facts
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .memory import checkpointed_blocks
+from .compare import compare_solvers
 from .pipeline import distill
+from .settings import FitSettings
 
 
 MEMORY_MODES = ("auto", "model calls", "blocks")
@@ -156,78 +158,134 @@ def memory_plan(model, memory: str = "auto") -> dict:
     return {"memory": "model calls", "inference_batch_size": 8, "dode_samples": None}
 
 
-def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), method="auto", base="dpmpp_2m",
-                  teacher_steps=32, samples=24, validation=8, iterations=200, seed=0, init_sigmas="karras",
-                  batch_size=2, memory="auto", dtype=None, progress=None, cancel=None, **options):
-    """Distill a solver for a ComfyUI MODEL with its CFG guider; returns a ``LearnedSolver``.
+_DEFAULTS = FitSettings()
 
-    latent: a LATENT dict; its first sample's shape [C, H, W] is the fitting shape. batch_size:
-    samples per gradient step (each is a CFG pair through the model unless cfg is 1). memory:
-    one of MEMORY_MODES (``memory_plan``). Other keyword options go to ``distill``.
-    progress / cancel as for ``distill``.
+
+def run_guided(model, positive, negative, cfg: float, shape, seed: int, body, *, for_gradients: bool = False,
+               memory: str = "model calls"):
+    """Call ``body(denoiser, device)`` inside ComfyUI's own CFG sampling of a clone of ``model``:
+    ``denoiser(x, sigma)`` is the CFG denoiser (the guider) with the user's conditioning, on the
+    fractional-timestep sampling for discrete models; returns what ``body`` returns.
+
+    for_gradients: leave inference mode and give the clone's weights constant copies autograd
+    can save (the fit); memory "blocks" also checkpoints every block. The clone is unloaded
+    afterwards; the user's MODEL and conditioning are not modified.
     """
     import comfy.model_management as mm
-    import comfy.sample
     import comfy.samplers
 
     facts = model_facts(model)
-    plan = memory_plan(model, memory)
-    samples_tensor = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    shape = tuple(samples_tensor.shape[1:])
     patcher = model.clone()
     if facts["discrete"]:
         patcher.add_object_patch("model_sampling", _fractional_sampling(model.get_model_object("model_sampling")))
     result = {}
 
-    class DistillDriver(comfy.samplers.Sampler):
+    class Driver(comfy.samplers.Sampler):
         """Runs inside CFGGuider.sample, where ``model_wrap`` is the guider: a CFG denoiser."""
 
         def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                    disable_pbar=False):
-            device = noise.device
-
             def denoiser(x, sigma, **_):
                 return model_wrap(x, sigma, **extra_args)
 
             denoiser.sigma_convention = facts["convention"]
-            result["solver"] = distill(
-                denoiser, shape, sigma_min=facts["sigma_min"], sigma_max=facts["sigma_max"], nfe=nfe, method=method,
-                base=base, convention=facts["convention"], init_sigmas=init_sigmas, samples=samples,
-                validation=validation, seed=seed, teacher_steps=teacher_steps, iterations=iterations,
-                batch_size=batch_size, use_checkpoint=True, dtype=dtype, device=device,
-                inference_batch_size=plan["inference_batch_size"], dode_samples=plan["dode_samples"],
-                progress=progress, cancel=cancel,
-                provenance={"model": {"family": facts["family"], "prediction": facts["prediction"],
-                                      "shift": facts.get("shift"), "fingerprint": fingerprint(model),
-                                      "cfg": float(cfg), "resolution": list(shape)},
-                            "memory": plan["memory"], "batch_size": batch_size},
-                **options)
+            result["value"] = body(denoiser, noise.device)
             return torch.zeros_like(latent_image)
 
-    with torch.inference_mode(False), torch.enable_grad():
-        _constant_weights(patcher)
+    grad_modes = ((torch.inference_mode(False), torch.enable_grad()) if for_gradients
+                  else (contextlib.nullcontext(), torch.no_grad()))
+    with grad_modes[0], grad_modes[1]:
+        if for_gradients:
+            _constant_weights(patcher)
         guider = comfy.samplers.CFGGuider(patcher)
         guider.set_conds(_copy_conditioning(positive), _copy_conditioning(negative))
         guider.set_cfg(cfg)
-        blocks = (checkpointed_blocks(patcher.model.diffusion_model) if plan["memory"] == "blocks"
+        blocks = (checkpointed_blocks(patcher.model.diffusion_model) if for_gradients and memory == "blocks"
                   else contextlib.nullcontext())
         try:
-            mm.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
-            zeros = torch.zeros((1,) + shape)
+            mm.load_models_gpu([patcher], memory_required=1e20 if for_gradients else 0, force_full_load=True)
+            zeros = torch.zeros((1,) + tuple(shape))
             with blocks:
-                guider.sample(zeros, zeros, DistillDriver(),
-                              torch.tensor([facts["sigma_max"], 0.0]), seed=seed, disable_pbar=True)
+                guider.sample(zeros, zeros, Driver(), torch.tensor([facts["sigma_max"], 0.0]), seed=seed,
+                              disable_pbar=True)
         finally:
             _release(patcher)
-    solver = result["solver"]
+    return result["value"]
+
+
+def latent_shape(model, latent) -> tuple:
+    """One sample's shape [C, H, W] of a LATENT dict, with the channels the model needs."""
+    import comfy.sample
+
+    return tuple(comfy.sample.fix_empty_latent_channels(model, latent["samples"]).shape[1:])
+
+
+def host_facts(model) -> tuple:
+    """(model_facts, ComfyUI's own schedules for it, a discrete model's sigma table or None)."""
+    facts = model_facts(model)
+    sampling = model.get_model_object("model_sampling")
+    table = sampling.sigmas.detach().to("cpu", torch.float64) if facts["discrete"] else None
+    return facts, host_schedules(sampling), table
+
+
+def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), method=_DEFAULTS.method,
+                  base=_DEFAULTS.base, teacher_steps=_DEFAULTS.teacher_steps, samples=_DEFAULTS.samples,
+                  validation=_DEFAULTS.validation, iterations=_DEFAULTS.iterations, seed=_DEFAULTS.seed,
+                  init_sigmas=_DEFAULTS.init_sigmas, batch_size=_DEFAULTS.batch_size, memory="auto", dtype=None,
+                  progress=None, cancel=None, **options):
+    """Distill a solver for a ComfyUI MODEL with its CFG guider; returns a ``LearnedSolver``.
+
+    latent: a LATENT dict; its first sample's shape [C, H, W] is the fitting shape. batch_size:
+    samples per gradient step (each is a CFG pair through the model unless cfg is 1). memory:
+    one of MEMORY_MODES (``memory_plan``). Other keyword options go to ``distill``. The defaults
+    are ``FitSettings``'s; ComfyUI's own schedulers for this model are scored with the built-ins.
+    progress / cancel as for ``distill``.
+    """
+    facts, own_schedules, table = host_facts(model)
+    plan = memory_plan(model, memory)
+    shape = latent_shape(model, latent)
+
+    def fit(denoiser, device):
+        return distill(
+            denoiser, shape, sigma_min=facts["sigma_min"], sigma_max=facts["sigma_max"], nfe=nfe, method=method,
+            base=base, convention=facts["convention"], init_sigmas=init_sigmas, samples=samples,
+            validation=validation, seed=seed, teacher_steps=teacher_steps, iterations=iterations,
+            batch_size=batch_size, use_checkpoint=True, dtype=dtype, device=device,
+            inference_batch_size=plan["inference_batch_size"], dode_samples=plan["dode_samples"],
+            progress=progress, cancel=cancel, sigma_table=table, schedules=own_schedules,
+            provenance={"model": {"family": facts["family"], "prediction": facts["prediction"],
+                                  "shift": facts.get("shift"), "fingerprint": fingerprint(model),
+                                  "cfg": float(cfg), "resolution": list(shape)},
+                        "memory": plan["memory"], "batch_size": batch_size},
+            **options)
+
+    solver = run_guided(model, positive, negative, cfg, shape, seed, fit, for_gradients=True, memory=plan["memory"])
     if facts["discrete"]:
-        table = model.get_model_object("model_sampling").sigmas.detach().to("cpu", torch.float64)
-        for n, fit in solver.fits.items():
-            solver.fits[n] = snap_to_discrete(fit, table, solver.sigma_range, solver.convention)
+        for n, fitted in solver.fits.items():
+            solver.fits[n] = snap_to_discrete(fitted, table, solver.sigma_range, solver.convention)
     solver.provenance["model"]["sigma_range"] = [facts["sigma_min"], facts["sigma_max"]]
     if any(not math.isfinite(f.held_out_rmse) for f in solver.fits.values()):
         raise FloatingPointError("the fit produced no finite held-out error; lower the CFG or the learning rate")
     return solver
+
+
+def compare_model(model, positive, negative, latent, cfg: float, nfe: int, *, solver=None, samples: int = 8,
+                  show: int = 4, seed: int = 1, teacher_steps: int = _DEFAULTS.teacher_steps, progress=None,
+                  cancel=None):
+    """``compare.compare_solvers`` on a ComfyUI MODEL with its CFG guider: the teacher, ``solver``
+    (optional) and every base solver x built-in schedule, ComfyUI's own for this model included."""
+    facts, own_schedules, table = host_facts(model)
+    shape = latent_shape(model, latent)
+    plan = memory_plan(model, "auto")
+
+    def run(denoiser, device):
+        return compare_solvers(denoiser, shape, sigma_min=facts["sigma_min"], sigma_max=facts["sigma_max"], nfe=nfe,
+                               convention=facts["convention"], solver=solver, samples=samples, show=show, seed=seed,
+                               teacher_steps=teacher_steps, schedules=own_schedules, sigma_table=table,
+                               device=device, batch_size=plan["inference_batch_size"], progress=progress,
+                               cancel=cancel)
+
+    return run_guided(model, positive, negative, cfg, shape, seed, run)
 
 
 def _constant(weight):

@@ -26,6 +26,7 @@ from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .grid import MonotoneGrid
 from .memory import checkpointed_model
+from .scoring import no_worse_tail, overall_rmse, per_sample_errors, mean_error
 from .settings import FitSettings, SolverSetup
 
 DEFAULT_LR = {"grid": 0.1, "end": 0.2, "offsets": 0.1, "coefficients": 0.05, "step_scales": 0.05}
@@ -174,33 +175,24 @@ def _loss(out, target, kind):
 def rmse(model, teacher, indices, fit: FittedSteps, setup: SolverSetup, batch_size: int = 64, dtype=None):
     """RMSE [float] of the solver ``fit`` to the teacher's results on samples ``indices``, run
     ``batch_size`` samples at a time without gradients."""
-    total, count = 0.0, 0
-    device = setup.device or teacher.start.device
-    options = {**setup.solver_options(), **fit.options()}
-    with torch.no_grad():
-        for first in range(0, len(indices), batch_size):
-            chunk = indices[first:first + batch_size]
-            start = teacher.start[chunk].to(device=device, dtype=dtype or teacher.start.dtype)
-            out = sample_learned(model, start, fit.sigmas.to(start.dtype), setup.extra_args, None, True, **options)
-            total += (out.double().cpu() - teacher.final[chunk].double()).pow(2).sum().item()
-            count += out.numel()
-    return math.sqrt(total / count)
+    return overall_rmse(per_sample_errors(model, teacher, indices, fit, setup, batch_size, dtype))
 
 
 def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validation, setup: SolverSetup,
                  settings: FitSettings, *, method: str, iterations: int, seed: int = 0,
                  params: StudentParameters | None = None, keep: set | None = None, step_offset: int = 0,
                  total_steps: int | None = None, progress=None, cancel=None, eval_every: int = 10,
-                 max_rejections: int = 10, decay_to: float = 0.1):
+                 max_rejections: int = 10, decay_to: float = 0.1, floor_errors=None):
     """Backpropagate through the unrolled student; returns (best FittedSteps, its validation
-    RMSE, params, log).
+    score (``scoring.mean_error``), params, log).
 
     From ``settings``: batch_size (training samples per step), lr, loss, slack, history,
     use_checkpoint (a bool here) and inference_batch_size (samples per validation run).
 
     learn: a subset of {"grid", "offsets", "coefficients", "step_scales"}; keep: the options a
     snapshot carries (default ``learn``; S4S-Alt passes every block learned so far). The best
-    snapshot by validation RMSE is returned and ``params`` are left at it (the initial state
+    snapshot by validation score is returned (the mean per-sample error, among snapshots whose
+    tail is no worse than ``floor_errors``' [len(validation)], the best built-in pair's, when given) and ``params`` are left at it (the initial state
     counts, so the fit never ends worse on the validation samples than it started). lr: peak
     Adam rates per group (defaults ``DEFAULT_LR`` x (4 / N)^2), decayed by a cosine to
     ``decay_to`` x the peak over the iterations; a rejected step halves the peaks. slack: LD3's
@@ -243,12 +235,15 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     keep = learn if keep is None else keep
 
     def validate():
+        # selected on the mean among snapshots that keep the floor's tail; logged as the RMSE
         snap = params.snapshot(keep, method, convention, sigma_range)
-        return snap, rmse(model, teacher, validation, snap, setup, settings.inference_batch_size)
+        errors = per_sample_errors(model, teacher, validation, snap, setup, settings.inference_batch_size)
+        allowed = floor_errors is None or no_worse_tail(errors, floor_errors)
+        return snap, mean_error(errors) if allowed else math.inf, overall_rmse(errors)
 
-    best, best_rmse = validate()
+    best, best_score, first_rmse = validate()
     best_state = copy.deepcopy(params.state_dict())
-    log = {"losses": [], "validation": [(step_offset, best_rmse)], "rejected": 0}
+    log = {"losses": [], "validation": [(step_offset, first_rmse)], "rejected": 0}
     last_good = copy.deepcopy(params.state_dict())
     rejected_in_a_row = 0
     for iteration in range(iterations):
@@ -296,15 +291,15 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
                 offsets[pick] = moved.reshape(delta.shape).to(offsets)
         log["losses"].append(float(value.detach()))
         if (iteration + 1) % eval_every == 0 or iteration + 1 == iterations:
-            snap, score = validate()
-            log["validation"].append((step_offset + iteration + 1, score))
-            if score < best_rmse:
-                best, best_rmse = snap, score
+            snap, score, value_rmse = validate()
+            log["validation"].append((step_offset + iteration + 1, value_rmse))
+            if score < best_score:
+                best, best_score = snap, score
                 best_state = copy.deepcopy(params.state_dict())
         if progress is not None:
             progress(step_offset + iteration + 1, total_steps, float(value.detach()), log["validation"][-1][1])
     params.load_state_dict(best_state)
-    return best, best_rmse, params, log
+    return best, best_score, params, log
 
 
 __all__ = [

@@ -1,49 +1,22 @@
-"""``distill``: record a teacher once, then fit one solver per NFE with the chosen method."""
+"""``distill``: an accurate teacher once, then per NFE: score the built-in pairs, start from the
+best, fit with the chosen method, and keep the fit only where it beats that pair."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 
 from ..version import __version__
-from ..learned_samplers import resolve_convention
-from ..schedules import exponential, karras, uniform
-from .fit import StudentParameters, autocast_model, fit_gradient, fit_step_scales, rmse, start_noise_scale
+from ..learned_samplers import BASE_SOLVERS, resolve_convention
+from ..schedules import builtin_schedules, uniform
+from .fit import StudentParameters, autocast_model, fit_gradient, fit_step_scales, start_noise_scale
+from .scoring import builtin_pairs, error_summary, no_worse_tail, overall_rmse, per_sample_errors, score_pairs, mean_error
 from .settings import FitSettings, SolverSetup
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import MAX_NFE, FittedSteps, LearnedSolver
-from .teacher import record_teacher, teacher_grid
-
-GRID_NAMES = ("karras", "exponential", "uniform")
-
-
-def initial_grid(init, nfe: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """The starting grid [nfe+1] ending in 0: a classical name, a callable nfe -> sigmas, or a dict."""
-    if callable(init):
-        sigmas = init(nfe)
-    elif isinstance(init, dict):
-        sigmas = init[nfe]
-    elif init == "karras":
-        sigmas = karras(nfe, sigma_min, sigma_max, final_zero=True)
-    elif init == "exponential":
-        sigmas = exponential(nfe, sigma_min, sigma_max, final_zero=True)
-    elif init == "uniform":
-        sigmas = uniform(nfe, sigma_min, sigma_max, final_zero=True)
-    else:
-        raise ValueError(f"unknown initial grid {init!r}; use one of {GRID_NAMES}, a dict or a callable")
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).clone()
-    if len(sigmas) != nfe + 1:
-        raise ValueError(f"the initial grid for NFE {nfe} has {len(sigmas)} sigmas; it needs {nfe + 1}")
-    # published schedules round the model's range (AYS for SD1.x: 14.615 ... 0.029); a learned
-    # grid must stay inside it, so rounding is clamped and anything more is refused
-    positive = sigmas > 0
-    if ((sigmas[positive] > sigma_max * 1.01) | (sigmas[positive] < sigma_min * 0.99)).any():
-        raise ValueError(f"the initial grid for NFE {nfe} leaves the model's sigma range "
-                         f"[{sigma_min:g}, {sigma_max:g}]: {[round(float(s), 4) for s in sigmas]}")
-    sigmas[positive] = sigmas[positive].clamp(sigma_min, sigma_max)
-    return sigmas
-
+from .teacher import record_teacher, refine_teacher, teacher_grid
 
 def start_states(shape, count: int, sigma_max: float, convention: str, seed: int, device="cpu",
                  dtype=torch.float32) -> torch.Tensor:
@@ -53,9 +26,36 @@ def start_states(shape, count: int, sigma_max: float, convention: str, seed: int
     return (start_noise_scale(sigma_max, convention) * noise).to(device=device, dtype=dtype)
 
 
+# built-in pairs scored on the validation samples too before the best is taken as the floor
+FLOOR_FINALISTS = 4
+
+
+def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: str, sigma_table=None,
+                        extra: dict | None = None) -> dict:
+    """The schedules a fit may start from: name -> (nfe -> sigmas).
+
+    init "auto": every built-in (``builtin_schedules``) plus ``extra`` (a host's own, e.g.
+    ComfyUI's schedulers for the loaded model); a built-in name: that one; a dict nfe -> sigmas
+    or a callable nfe -> sigmas: that grid ("given").
+    """
+    known = {**builtin_schedules(sigma_min, sigma_max, convention, sigma_table), **(extra or {})}
+    known["uniform"] = lambda n: uniform(n, sigma_min, sigma_max, final_zero=True)
+    if init == "auto":
+        return {name: make for name, make in known.items() if name != "uniform"}
+    if callable(init):
+        return {"given": init}
+    if isinstance(init, dict):
+        return {"given": lambda n: init[n]}
+    if init in known:
+        return {init: known[init]}
+    raise ValueError(f"unknown initial grid {init!r}; use 'auto', one of {', '.join(sorted(known))}, "
+                     f"a dict or a callable")
+
+
 def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), settings: FitSettings | None = None,
             convention: str = "auto", extra_args=None, device="cpu", start=None, provenance: dict | None = None,
-            progress=None, cancel=None, **changes) -> LearnedSolver:
+            progress=None, cancel=None, sigma_table=None, schedules: dict | None = None,
+            **changes) -> LearnedSolver:
     """Fit a few-step solver to ``model`` (a k-diffusion denoiser ``model(x, sigma, **extra_args)``).
 
     shape: one sample's shape, e.g. (4, 64, 64). sigma_min, sigma_max: the model's range (host
@@ -64,9 +64,17 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     may also be given as keywords, ``method="ld3", iterations=100``, which change ``settings``).
     start: explicit start states [samples + validation, *shape] instead of seeded noise.
     provenance: extra entries for the result's provenance (e.g. the model's family and CFG).
+    sigma_table: a discrete model's ascending sigma table (for its time-uniform schedule);
+    schedules: the host's own schedules, name -> (nfe -> sigmas), scored with the built-ins.
     progress(step, total, loss, held_out) after every teacher batch (loss and held_out NaN) and
     every iteration, ``total`` counting both; cancel() before every iteration and teacher batch:
     True (or an exception it raises) stops the fit.
+
+    Per NFE: every base solver x schedule (only ``settings.base`` / ``init_sigmas`` where they are
+    not "auto") is scored on the training samples against the teacher; the fit starts from the
+    best pair, and on the validation samples (by ``scoring.mean_error``) the result is never
+    worse than that pair: where the fit does not beat it, the result *is* the pair (method
+    "builtin", no corrections).
     """
     s = (settings or FitSettings()).replace(**changes).check()
     nfes = sorted({int(n) for n in ([nfe] if isinstance(nfe, int) else nfe)})
@@ -82,61 +90,86 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         s = s.replace(use_checkpoint=has_weights or torch.device(device).type != "cpu")
     began = time.perf_counter()
     call = autocast_model(model, s.dtype)
-    grids = {n: initial_grid(s.init_sigmas, n, sigma_min, sigma_max) for n in nfes}
+    candidates_by_name = candidate_schedules(s.init_sigmas, sigma_min, sigma_max, convention, sigma_table, schedules)
+    bases = list(BASE_SOLVERS) if s.base == "auto" else [s.base]
     count = s.samples + s.validation
     if start is None:
         start = start_states(shape, count, sigma_max, convention, s.seed, device)
     elif start.shape[0] != count:
         raise ValueError(f"start has {start.shape[0]} samples; it must hold samples + validation = {count}")
     method = s.method
-    setup = SolverSetup(base=s.base, convention=convention, corrector=s.base.startswith("unipc"),
-                        sigma_range=(float(sigma_min), float(sigma_max)), extra_args=extra_args, device=device)
-    needs_states = method in ("auto", "dode")
-    t_grid = teacher_grid(list(grids.values()), s.teacher_steps, convention, sigma_min)
-    keep = sorted({float(x) for g in grids.values() for x in g[1:]}) if needs_states else []
-    teacher_batches = -(-count // s.inference_batch_size)
-    total = teacher_batches + (len(nfes) if method == "dode" else s.iterations * len(nfes))
-    teacher_progress = None
-    if progress is not None:
-        def teacher_progress(done_samples, _):
-            progress(-(-done_samples // s.inference_batch_size), total, float("nan"), float("nan"))
-    teacher = record_teacher(call, start, t_grid, keep, base=s.teacher_base, convention=convention,
-                             extra_args=extra_args, batch_size=s.inference_batch_size, progress=teacher_progress,
-                             cancel=cancel)
+    sigma_range = (float(sigma_min), float(sigma_max))
+    iterations_total = len(nfes) if method == "dode" else s.iterations * len(nfes)
+    state = {"teacher_total": 3 * -(-count // s.inference_batch_size)}
+
+    def teacher_progress(done, total):
+        state["teacher_total"] = total
+        if progress is not None:
+            progress(done, total + iterations_total, float("nan"), float("nan"))
+
+    teacher = refine_teacher(call, start, s.teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
+                             base=s.teacher_base, convention=convention, extra_args=extra_args,
+                             batch_size=s.inference_batch_size, tolerance=s.teacher_tolerance,
+                             progress=teacher_progress, cancel=cancel)
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
                                  "(and its dtype), or lower the CFG scale")
+    # samples the teacher could not settle even at its finest level are left out of the fit
     order = torch.arange(count)
-    train, held = order[:s.samples], order[s.samples:]
+    train, held = order[:s.samples][teacher.settled[:s.samples]], order[s.samples:][teacher.settled[s.samples:]]
+    if len(train) == 0 or len(held) == 0:
+        raise FloatingPointError(f"the teacher did not settle (its results still moved at {teacher.report()['max_steps']} "
+                                 f"steps) on every training or validation sample; check the model, or lower the CFG")
+    total = state["teacher_total"] + iterations_total
+    teacher_batches = state["teacher_total"]
     offsets = {"offsets"} if s.decoupled else set()
     fits = {}
     for index, n in enumerate(nfes):
         fit_began = time.perf_counter()
-        plain = FittedSteps(sigmas=grids[n], coordinate=grid_coordinate(grids[n], setup.sigma_range, convention))
-        base_rmse = rmse(call, teacher, held, plain, setup, s.inference_batch_size)
-        candidates = [(base_rmse, plain)]
+        shared = SolverSetup(base=bases[0], convention=convention, corrector=bases[0].startswith("unipc"),
+                             sigma_range=sigma_range, extra_args=extra_args, device=device)
+        pairs = builtin_pairs(candidates_by_name, n, bases, sigma_min, sigma_max, convention)
+        if not pairs:
+            raise ValueError(f"no schedule gives a valid {n}-step grid on this model's range")
+        # the floor: the best pair by mean error on the training samples, then the few best of those
+        # also on the validation samples (a choice on 24 seeds alone is noisy)
+        ranked = score_pairs(call, teacher, train, pairs, shared, s.inference_batch_size)[:FLOOR_FINALISTS]
+        finalists = []
+        for _, pair_base, pair_name, pair_fit, train_errors in ranked:
+            pair_setup = SolverSetup(base=pair_base, convention=convention, corrector=bool(pair_fit.corrector),
+                                     sigma_range=sigma_range, extra_args=extra_args, device=device)
+            held_errors = per_sample_errors(call, teacher, held, pair_fit, pair_setup, s.inference_batch_size)
+            finalists.append((mean_error(torch.cat([train_errors, held_errors])), pair_base, pair_name, pair_fit,
+                              held_errors, pair_setup))
+        _, floor_base, floor_name, floor_fit, floor_errors, setup = min(finalists, key=lambda item: item[0])
+        floor_fit.method = "builtin"
+        plain = FittedSteps(sigmas=floor_fit.sigmas, coordinate=floor_fit.coordinate)
+        candidates = [(mean_error(floor_errors), floor_fit, floor_errors)]
         log = {"losses": [], "validation": [], "rejected": 0}
-        if method in ("auto", "dode"):
-            scales = fit_step_scales(call, teacher, grids[n], train, base=s.base, convention=convention,
-                                     corrector=setup.corrector, extra_args=extra_args, max_samples=s.dode_samples,
-                                     device=device)
-            cheap = FittedSteps(sigmas=grids[n], coordinate=plain.coordinate, step_scales=scales, method="dode")
-            candidates.append((rmse(call, teacher, held, cheap, setup, s.inference_batch_size), cheap))
-            if progress is not None and method == "dode":
-                progress(teacher_batches + index + 1, total, float("nan"), candidates[-1][0])
-        gradient = dict(seed=s.seed + n, progress=progress, cancel=cancel, total_steps=total)
+        gradient = dict(seed=s.seed + n, progress=progress, cancel=cancel, total_steps=total, floor_errors=floor_errors)
         first_step = teacher_batches + index * s.iterations
-        if method == "auto":
-            init = min(candidates, key=lambda c: c[0])[1]
-            learn = {"grid", "coefficients", "step_scales"} | offsets
-            best, score, _, log = fit_gradient(call, teacher, init, learn, train, held, setup, s, method="auto",
-                                               iterations=s.iterations, step_offset=first_step, **gradient)
-            candidates.append((score, best))
-        elif method in ("ld3", "s4s"):
-            learn = ({"grid"} | offsets) if method == "ld3" else {"coefficients"}
-            best, score, _, log = fit_gradient(call, teacher, plain, learn, train, held, setup, s, method=method,
-                                               iterations=s.iterations, step_offset=first_step, **gradient)
-            candidates.append((score, best))
+
+        def fitted(fit):
+            errors = per_sample_errors(call, teacher, held, fit, setup, s.inference_batch_size)
+            allowed = no_worse_tail(errors, floor_errors)  # a fit that adds flips is not taken
+            return mean_error(errors) if allowed else math.inf, fit, errors
+
+        if method == "dode":
+            states = _teacher_states(call, teacher, train[:s.dode_samples] if s.dode_samples else train,
+                                     floor_fit.sigmas, s, convention, sigma_min, extra_args, device)
+            scales = fit_step_scales(call, states, floor_fit.sigmas, torch.arange(states.start.shape[0]),
+                                     base=floor_base, convention=convention, corrector=setup.corrector,
+                                     extra_args=extra_args, device=device)
+            candidates.append(fitted(FittedSteps(sigmas=floor_fit.sigmas, coordinate=floor_fit.coordinate,
+                                                 step_scales=scales, method="dode")))
+            if progress is not None:
+                progress(teacher_batches + index + 1, total, float("nan"), overall_rmse(candidates[-1][2]))
+        elif method in ("auto", "ld3", "s4s"):
+            learn = {"auto": {"grid", "coefficients", "step_scales"} | offsets, "ld3": {"grid"} | offsets,
+                     "s4s": {"coefficients"}}[method]
+            best, _, _, log = fit_gradient(call, teacher, plain, learn, train, held, setup, s, method=method,
+                                           iterations=s.iterations, step_offset=first_step, **gradient)
+            candidates.append(fitted(best))
         elif method == "s4s_alt":
             params = StudentParameters(plain, convention, s.history, setup.corrector, sigma_min)
             blocks = [{"coefficients"}, {"grid"} | offsets]
@@ -146,25 +179,27 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                 block = blocks[round_index % 2]
                 learned |= block
                 length = chunk if round_index < 2 * s.rounds - 1 else s.iterations - done
-                best, score, params, part = fit_gradient(call, teacher, plain, block, train, held, setup, s,
-                                                         method="s4s_alt", iterations=length, params=params,
-                                                         keep=set(learned), step_offset=first_step + done,
-                                                         **gradient)
+                best, _, params, part = fit_gradient(call, teacher, plain, block, train, held, setup, s,
+                                                     method="s4s_alt", iterations=length, params=params,
+                                                     keep=set(learned), step_offset=first_step + done, **gradient)
                 done += length
                 log["losses"] += part["losses"]
                 log["validation"] += part["validation"]
                 log["rejected"] += part["rejected"]
-            candidates.append((score, best))  # each block starts from the previous block's best
-        score, chosen = min(candidates, key=lambda c: c[0])
-        chosen.held_out_rmse = score
-        chosen.base_held_out_rmse = base_rmse
+            candidates.append(fitted(best))  # each block starts from the previous block's best
+        score, chosen, errors = min(candidates, key=lambda c: c[0])  # ties keep the built-in pair
+        chosen.base, chosen.corrector = floor_base, setup.corrector
+        chosen.held_out_rmse = overall_rmse(errors)
+        chosen.base_held_out_rmse = overall_rmse(floor_errors)
+        chosen.held_out = error_summary(errors)
+        chosen.floor = {"base": floor_base, "schedule": floor_name, **error_summary(floor_errors)}
         chosen.fit_seconds = time.perf_counter() - fit_began
         chosen.losses = log["losses"]
         chosen.validation = log["validation"]
         chosen.rejected_steps = log["rejected"]
         fits[n] = chosen
     provenance = {
-        "teacher": {"base": s.teacher_base, "steps": len(t_grid) - 1, "seconds": round(teacher.seconds, 3)},
+        "teacher": teacher.report(),
         "samples": s.samples,
         "validation": s.validation,
         "seed": s.seed,
@@ -176,5 +211,14 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         "package_version": __version__,
         **(provenance or {}),
     }
-    return LearnedSolver(base=s.base, convention=convention, corrector=setup.corrector, method=method,
-                         sigma_range=setup.sigma_range, fits=fits, provenance=provenance)
+    first = fits[nfes[0]]
+    return LearnedSolver(base=first.base, convention=convention, corrector=first.corrector, method=method,
+                         sigma_range=sigma_range, fits=fits, provenance=provenance)
+
+
+def _teacher_states(call, teacher, indices, sigmas, s: FitSettings, convention, sigma_min, extra_args, device):
+    """A teacher record of the samples ``indices`` that keeps its states at every point of ``sigmas``
+    (D-ODE's per-step targets), at the steps the refined teacher used for most samples."""
+    grid = teacher_grid([sigmas], s.teacher_steps, convention, sigma_min)
+    return record_teacher(call, teacher.start[indices].to(device), grid, sigmas[1:], base=s.teacher_base,
+                          convention=convention, extra_args=extra_args, batch_size=s.inference_batch_size)

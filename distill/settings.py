@@ -17,9 +17,12 @@ LOSSES = ("l2", "l1", "mse")
 class FitSettings:
     """How ``distill`` fits; every field has a default, ``replace(**changes)`` makes a variant.
 
-    method: one of METHODS. base: the base solver the corrections sit on; teacher_base,
-    teacher_steps: the teacher's solver and step count. init_sigmas: the starting grid
-    ("karras", "exponential", "uniform", a dict nfe -> sigmas or a callable). samples,
+    method: one of METHODS. base: the base solver the corrections sit on ("auto": the best of
+    BASE_SOLVERS on the training samples, per NFE); teacher_base, teacher_steps: the teacher's
+    solver and step count (checked against half as many, refined where the two disagree by more
+    than teacher_tolerance, relative). init_sigmas: the starting grid ("auto": the best built-in
+    schedule, per NFE; "karras", "exponential", "time-uniform", "ays", "beta", "uniform", a dict
+    nfe -> sigmas or a callable). samples,
     validation: training and validation start noises. seed: seeds the noises and the fit.
     iterations: gradient steps per NFE. batch_size: training samples per gradient step.
     inference_batch_size: samples per model run without gradients (teacher, validation), the
@@ -33,15 +36,16 @@ class FitSettings:
     """
 
     method: str = "auto"
-    base: str = "dpmpp_2m"
+    base: str = "auto"
     teacher_base: str = "dpmpp_3m"
-    teacher_steps: int = 48
-    init_sigmas: Any = "karras"
-    samples: int = 48
-    validation: int = 16
+    teacher_steps: int = 32
+    teacher_tolerance: float = 0.01
+    init_sigmas: Any = "auto"
+    samples: int = 24
+    validation: int = 32
     seed: int = 0
-    iterations: int = 300
-    batch_size: int = 8
+    iterations: int = 200
+    batch_size: int = 2
     inference_batch_size: int = 16
     lr: dict | None = field(default=None, hash=False)
     loss: str = "l2"
@@ -65,8 +69,11 @@ class FitSettings:
         """Raise ValueError naming the fix for a value no fit can use; returns self."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.base not in BASE_SOLVERS or self.teacher_base not in BASE_SOLVERS:
-            raise ValueError(f"base and teacher_base must be among {', '.join(BASE_SOLVERS)}")
+        if (self.base != "auto" and self.base not in BASE_SOLVERS) or self.teacher_base not in BASE_SOLVERS:
+            raise ValueError(f"base must be 'auto' or one of {', '.join(BASE_SOLVERS)}, and teacher_base one of "
+                             f"{', '.join(BASE_SOLVERS)}")
+        if self.teacher_steps < 4 or not 0 < self.teacher_tolerance < 1:
+            raise ValueError("teacher_steps must be at least 4 and teacher_tolerance between 0 and 1")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.samples < 1 or self.validation < 1:

@@ -170,3 +170,101 @@ def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "
         seconds=time.perf_counter() - began,
         settings={"base": base, "steps": len(sigmas) - 1},
     )
+
+
+# A sample is settled when its result moves by less than this, relative to the RMS of all
+# results, between the last two refinement levels; flips into another mode move it by tens of
+# percent, ordinary discretisation error by a fraction of one.
+TEACHER_TOLERANCE = 0.01
+# the most steps a refinement level may take (only unsettled samples get that far)
+MAX_TEACHER_STEPS = 512
+
+
+@dataclass
+class RefinedTeacher(TeacherRecord):
+    """A ``TeacherRecord`` checked against itself: each sample run at ``steps`` / 2 and ``steps``,
+    and samples whose two results disagree by more than the tolerance run again at twice the
+    steps, until they agree or ``MAX_TEACHER_STEPS`` is reached.
+
+    residuals [M]: per-sample RMSE between each sample's last two levels (an upper bound on the
+    error of the result kept, which is the finer one); sample_steps [M]: the steps of the result
+    kept; settled [M] bool: the last two levels agreed within the tolerance.
+    """
+
+    residuals: torch.Tensor = None
+    sample_steps: torch.Tensor = None
+    settled: torch.Tensor = None
+    calls: int = 0
+
+    @property
+    def residual(self) -> float:
+        """RMSE over the settled samples between their last two levels (their error bound)."""
+        kept = self.residuals[self.settled]
+        return float(kept.pow(2).mean().sqrt()) if len(kept) else float("nan")
+
+    def report(self) -> dict:
+        """What the provenance and the node's text say about the teacher."""
+        return {"base": self.base, "steps": int(self.sample_steps.min()), "max_steps": int(self.sample_steps.max()),
+                "residual": round(self.residual, 6), "refined": int((self.sample_steps > self.sample_steps.min()).sum()),
+                "excluded": int((~self.settled).sum()), "calls": int(self.calls), "seconds": round(self.seconds, 3)}
+
+
+def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, sigma_max: float,
+                   base: str = "dpmpp_3m", convention: str = "auto", extra_args=None, batch_size: int | None = None,
+                   tolerance: float = TEACHER_TOLERANCE, max_steps: int = MAX_TEACHER_STEPS, progress=None,
+                   cancel=None) -> RefinedTeacher:
+    """An accurate teacher for ``start`` [M, ...] (states at ``sigma_max``): see ``RefinedTeacher``.
+
+    steps: the teacher's own step count (at least 4); the check level runs ``steps // 2``. Every
+    level's grid is ``teacher_grid`` from sigma_max down to ``sigma_min`` and a final 0, spread
+    uniformly in half-log-SNR. progress(done_batches, total_batches) after every batch (the total
+    grows when samples are refined); cancel() before every batch, as in ``record_teacher``.
+    """
+    if steps < 4:
+        raise ValueError(f"the teacher needs at least 4 steps; got {steps}")
+    convention = resolve_convention(model, convention)
+    count = start.shape[0]
+    batch_size = batch_size or count
+    began = time.perf_counter()
+    ends = [torch.tensor([sigma_max, 0.0], dtype=torch.float64)]
+    batches = lambda n: -(-n // batch_size)  # noqa: E731
+    done = {"batches": 0, "total": 2 * batches(count), "calls": 0}
+
+    def level(indices, level_steps):
+        grid = teacher_grid(ends, level_steps, convention, sigma_min)
+        before = done["batches"]
+
+        def counted(samples, _):
+            done["batches"] = before + batches(samples)
+            if progress is not None:
+                progress(done["batches"], done["total"])
+
+        record = record_teacher(model, start[indices], grid, (), base=base, convention=convention,
+                                extra_args=extra_args, batch_size=batch_size, progress=counted, cancel=cancel)
+        done["calls"] += len(indices) * (len(grid) - 1)
+        return record.final, len(grid) - 1
+
+    everyone = torch.arange(count)
+    coarse, _ = level(everyone, max(2, steps // 2))
+    final, used = level(everyone, steps)
+    sample_steps = torch.full((count,), used, dtype=torch.long)
+    scale = float(final.double().pow(2).mean().sqrt()) or 1.0
+    residuals = (final.double() - coarse.double()).flatten(1).pow(2).mean(1).sqrt()
+    level_steps = steps
+    unsettled = everyone[residuals > tolerance * scale]
+    while len(unsettled) and 2 * level_steps <= max_steps:
+        level_steps *= 2
+        done["total"] += batches(len(unsettled))
+        finer, used = level(unsettled, level_steps)
+        residuals[unsettled] = (finer.double() - final[unsettled].double()).flatten(1).pow(2).mean(1).sqrt()
+        final[unsettled] = finer
+        sample_steps[unsettled] = used
+        unsettled = unsettled[residuals[unsettled] > tolerance * scale]
+    settled = torch.ones(count, dtype=torch.bool)
+    settled[unsettled] = False
+    full_grid = teacher_grid(ends, steps, convention, sigma_min)
+    return RefinedTeacher(start=start.detach().float().cpu(), final=final, sigmas=full_grid,
+                          kept_sigmas=torch.zeros(0, dtype=torch.float64),
+                          states=torch.zeros((0,) + tuple(start.shape)), base=base, convention=convention,
+                          seconds=time.perf_counter() - began, settings={"base": base, "steps": steps},
+                          residuals=residuals, sample_steps=sample_steps, settled=settled, calls=done["calls"])

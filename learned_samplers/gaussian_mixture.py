@@ -93,6 +93,41 @@ class GaussianMixtureDenoiser:
         return cls(means.to(device, dtype), variances.to(device, dtype), weights.to(device, dtype), shape,
                    basis="dct")
 
+    @classmethod
+    def close_modes(cls, shape=(4, 32, 32), pairs: int = 8, separation: float = 0.2, widths=(0.01, 2.0),
+                    exponent: float = 2.0, class_share: float = 0.5, seed: int = 0, dtype=torch.float32,
+                    device="cpu"):
+        """A hard image-like mixture: ``pairs`` pairs of components, each pair close together.
+
+        Like ``power_law`` (DCT basis, 1/f spectrum, components differing in coarse structure),
+        but every second component sits near the one before it: its mean is the first mean plus
+        ``separation`` times a fresh draw of the between-component spread, so the two share a
+        boundary that few-step solvers, and a coarse teacher, cross on some seeds. Each
+        component's within-variance is scaled by a factor drawn log-uniformly from ``widths``,
+        so neighbouring components also differ in width (and trajectories near them in
+        stiffness).
+        """
+        if len(shape) < 2:
+            raise ValueError("close_modes needs a shape with two spatial axes, e.g. (4, 32, 32)")
+        gen = torch.Generator().manual_seed(seed)
+        fy = torch.arange(shape[-2], dtype=torch.float64)[:, None]
+        fx = torch.arange(shape[-1], dtype=torch.float64)[None, :]
+        radius = ((fy * fy + fx * fx).sqrt() / 2).expand(*shape).reshape(-1)
+        spectrum = (1.0 + radius) ** -exponent
+        spectrum = spectrum / spectrum.mean()
+        between = class_share * (1.0 + radius) ** -2
+        spread = (spectrum * between).sqrt()
+        dims = spectrum.numel()
+        centres = spread * torch.randn(pairs, dims, generator=gen, dtype=torch.float64)
+        partners = centres + separation * spread * torch.randn(pairs, dims, generator=gen, dtype=torch.float64)
+        means = torch.stack([centres, partners], 1).reshape(2 * pairs, dims)
+        low, high = math.log(widths[0]), math.log(widths[1])
+        scale = torch.exp(low + (high - low) * torch.rand(2 * pairs, 1, generator=gen, dtype=torch.float64))
+        variances = spectrum * (1.0 - between) * scale
+        weights = 0.5 + torch.rand(2 * pairs, generator=gen, dtype=torch.float64)
+        return cls(means.to(device, dtype), variances.to(device, dtype), weights.to(device, dtype), shape,
+                   basis="dct")
+
     def to(self, device=None, dtype=None):
         """A copy on another device and/or dtype."""
         moved = GaussianMixtureDenoiser.__new__(GaussianMixtureDenoiser)

@@ -128,6 +128,23 @@ def model_facts(model) -> dict:
             **sampling_facts(model.get_model_object("model_sampling"))}
 
 
+def host_schedules(model_sampling, samplers_module=None) -> dict:
+    """ComfyUI's own schedulers for this ``model_sampling`` (what KSampler offers the user),
+    name -> (steps -> sigmas [steps+1], float64), learned entries excluded: the built-ins a fit
+    is scored against and may start from."""
+    if samplers_module is None:
+        import comfy.samplers as samplers_module
+    names = [name for name in getattr(samplers_module, "SCHEDULER_NAMES", [])
+             if not str(name).startswith(SCHEDULER_PREFIX)]
+
+    def make(name):
+        def sigmas(steps):
+            return samplers_module.calculate_sigmas(model_sampling, name, steps).detach().to("cpu").double()
+        return sigmas
+
+    return {name: make(name) for name in names}
+
+
 def sigmas_for_model(solver, model, steps: int, denoise: float = 1.0):
     """The solver's sigmas [steps + 1] for a ComfyUI MODEL or its ``model_sampling``, and
     warnings (remap, interpolation): ``LearnedSolver.schedule`` with the model's range and

@@ -54,8 +54,8 @@ MIN_SIGMA = 1e-6
 # the probe: unit-Gaussian data, whose ODE ends at values of about 1; a sane solver lands there
 PROBE_LIMIT = 1e3
 COORDINATE_TOLERANCE = 1e-6  # |u - grid_coordinate(sigmas)|: u is derived, so it must agree
-OPTIONAL_METADATA = ("model_family", "prediction", "shift", "fingerprint", "cfg", "resolution", "author",
-                     "description", "license", "package_version")
+OPTIONAL_METADATA = ("model_family", "prediction", "shift", "fingerprint", "cfg", "resolution", "teacher_residual",
+                     "author", "description", "license", "package_version")
 # what describes a solver, in reading order (inspect, the Hub card): required, then optional keys
 DESCRIPTION_KEYS = ("method", "base", "convention", "corrector", "nfes", "sigma_min", "sigma_max") + OPTIONAL_METADATA
 EXTENSION = ".safetensors"
@@ -86,10 +86,21 @@ def solver_tensors(solver) -> dict:
 
 def solver_metadata(solver, extra: dict | None = None) -> dict:
     """String metadata of a ``LearnedSolver``; ``extra`` adds or overrides optional keys."""
-    fits = {str(n): {"method": f.method, "held_out_rmse": _finite_or_none(f.held_out_rmse),
-                     "base_held_out_rmse": _finite_or_none(f.base_held_out_rmse),
-                     "fit_seconds": round(float(f.fit_seconds), 3), "rejected_steps": int(f.rejected_steps)}
-            for n, f in solver.fits.items()}
+    fits = {}
+    for n, f in solver.fits.items():
+        info = {"method": f.method, "held_out_rmse": _finite_or_none(f.held_out_rmse),
+                "base_held_out_rmse": _finite_or_none(f.base_held_out_rmse),
+                "fit_seconds": round(float(f.fit_seconds), 3), "rejected_steps": int(f.rejected_steps)}
+        if f.base is not None:
+            info["base"] = f.base
+        if f.corrector is not None:
+            info["corrector"] = bool(f.corrector)
+        if f.held_out:
+            info["held_out"] = {k: _finite_or_none(v) for k, v in f.held_out.items()}
+        if f.floor:
+            info["floor"] = {k: (_finite_or_none(v) if isinstance(v, (int, float)) else str(v))
+                             for k, v in f.floor.items()}
+        fits[str(n)] = info
     provenance = dict(solver.provenance)
     metadata = {
         "format": FORMAT_NAME,
@@ -105,6 +116,8 @@ def solver_metadata(solver, extra: dict | None = None) -> dict:
         "provenance": json.dumps(provenance, sort_keys=True, default=str),
     }
     model = provenance.get("model", {}) if isinstance(provenance.get("model"), dict) else {}
+    teacher = provenance.get("teacher", {}) if isinstance(provenance.get("teacher"), dict) else {}
+    model = {**model, "teacher_residual": teacher.get("residual")}
     for key in OPTIONAL_METADATA:
         value = (extra or {}).get(key, model.get(key, provenance.get(key)))
         if value is not None and value != "":
@@ -113,6 +126,20 @@ def solver_metadata(solver, extra: dict | None = None) -> dict:
         if key not in OPTIONAL_METADATA:
             raise ValueError(f"unknown metadata key {key!r}; optional keys are {', '.join(OPTIONAL_METADATA)}")
     return metadata
+
+
+def _numbers(value, keep_text: bool = False) -> dict:
+    """A metadata summary dict with its finite numbers (and short texts where kept); anything
+    else in it is dropped (it is information, not an instruction)."""
+    if not isinstance(value, dict):
+        return {}
+    out = {}
+    for key, item in list(value.items())[:16]:
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item):
+            out[str(key)[:32]] = float(item)
+        elif keep_text and isinstance(item, str):
+            out[str(key)[:32]] = item[:64]
+    return out
 
 
 def _finite_or_none(value):
@@ -300,8 +327,17 @@ def _solver_from_bytes(blob: bytes, path):
             _fail(path, f"the NFE {n} sigmas leave the declared range [{sigma_min:g}, {sigma_max:g}]")
         _check_learned_values(present, n, (sigma_min, sigma_max), convention, path)
         info = fits_info.get(str(n), {}) if isinstance(fits_info.get(str(n), {}), dict) else {}
+        own_base = info.get("base")
+        if own_base is not None and own_base not in BASE_SOLVERS:
+            _fail(path, f"names base solver {own_base!r} for NFE {n}, which this package does not know "
+                        f"({', '.join(BASE_SOLVERS)}); upgrade the package")
+        own_corrector = info.get("corrector")
+        if own_corrector is not None and not isinstance(own_corrector, bool):
+            _fail(path, f"has corrector {own_corrector!r} for NFE {n}; it must be true or false")
         fits[n] = FittedSteps(
             **present, method=str(info.get("method", metadata.get("method", "learned"))),
+            base=own_base, corrector=own_corrector, held_out=_numbers(info.get("held_out")),
+            floor=_numbers(info.get("floor"), keep_text=True),
             held_out_rmse=_number(info.get("held_out_rmse")), base_held_out_rmse=_number(info.get("base_held_out_rmse")),
             fit_seconds=_number(info.get("fit_seconds"), 0.0), rejected_steps=int(_number(info.get("rejected_steps"), 0)))
     unknown = set(tensors) - expected
@@ -332,8 +368,8 @@ def _probe(solver, path):
     for nfe, fit in solver.fits.items():
         start = noise * start_noise_scale(float(fit.sigmas[0]), solver.convention)
         with torch.no_grad():
-            out = sample_learned(unit_gaussian, start, fit.sigmas, None, None, True, base=solver.base,
-                                 convention=solver.convention, corrector=solver.corrector, **fit.options())
+            out = sample_learned(unit_gaussian, start, fit.sigmas, None, None, True,
+                                 **solver.sampler_options(nfe))
         if not torch.isfinite(out).all() or out.abs().max() > PROBE_LIMIT:
             _fail(path, f"its NFE {nfe} solver does not sample sensibly (on unit-Gaussian data it ends at "
                         f"{float(out.abs().max()):.3g} instead of about 1); its coefficients are not a fit's")

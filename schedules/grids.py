@@ -156,6 +156,69 @@ def sd15_schedules() -> dict:
     }
 
 
+def _beta_quantiles(probabilities: torch.Tensor, a: float = 0.6) -> torch.Tensor:
+    """Quantiles of the symmetric Beta(a, a) distribution (a <= 1), without scipy.
+
+    With x = sin^2(theta) the density x^(a-1) (1-x)^(a-1) dx becomes the smooth
+    2 (sin theta cos theta)^(2a-1) dtheta, whose cumulative integral is inverted by
+    interpolation on a fine theta grid (error below 1e-6).
+    """
+    theta = torch.linspace(0, math.pi / 2, 20001, dtype=torch.float64)
+    density = (torch.sin(theta) * torch.cos(theta)).clamp(min=1e-300) ** (2 * a - 1)
+    cdf = torch.cat([density.new_zeros(1), torch.cumulative_trapezoid(density, theta)])
+    cdf = cdf / cdf[-1]
+    index = torch.searchsorted(cdf, probabilities.clamp(0, 1)).clamp(1, len(cdf) - 1)
+    frac = (probabilities - cdf[index - 1]) / (cdf[index] - cdf[index - 1]).clamp(min=1e-300)
+    angle = theta[index - 1] + frac.clamp(0, 1) * (theta[index] - theta[index - 1])
+    return torch.sin(angle) ** 2
+
+
+def beta(steps: int, sigma_min: float, sigma_max: float, convention: str = "ve", alpha: float = 0.6,
+         final_zero: bool = True) -> torch.Tensor:
+    """The beta schedule (Lee et al. 2024; ComfyUI's "beta", alpha = beta = 0.6): Beta(0.6, 0.6)
+    quantiles of the grid coordinate, so steps crowd at both ends of the range. ComfyUI takes
+    the quantiles of a discrete model's timestep; the coordinate (flow-equivalent time) is the
+    same idea for any model."""
+    _check(steps, sigma_min, sigma_max)
+    positive = steps if final_zero else steps + 1
+    u = _beta_quantiles(torch.linspace(0, 1, positive, dtype=torch.float64), alpha)
+    sigmas = sigmas_from_coordinate(u, (sigma_min, sigma_max), convention)
+    sigmas[0], sigmas[-1] = sigma_max, sigma_min  # endpoints exact
+    return _finish(sigmas, final_zero)
+
+
+def builtin_schedules(sigma_min: float, sigma_max: float, convention: str = "ve", sigma_table=None) -> dict:
+    """The classical schedules a user already has, for a model's range: name -> (steps -> sigmas
+    [steps+1] ending in 0). karras, exponential, beta, AYS-style (the published SD1.5 table
+    placed on this range through the grid coordinate; the table itself on SD1.5's range), and
+    time-uniform: uniform in the model's own timestep over an ascending discrete
+    ``sigma_table`` (ComfyUI's "simple"), else uniform in the grid coordinate (a flow model's t).
+    """
+    low, high = float(sigma_min), float(sigma_max)
+    ays_range = (AYS_SD1[-1], AYS_SD1[0])
+
+    def ays(n):
+        grid = align_your_steps(n)
+        if abs(high - ays_range[1]) < 1e-3 * high and abs(low - ays_range[0]) < 1e-2 * low:
+            return grid
+        u = grid_coordinate(grid[:-1], ays_range, "ve")
+        return append_zero(sigmas_from_coordinate(u, (low, high), convention))
+
+    def time_uniform_grid(n):
+        if sigma_table is not None:
+            return time_uniform(n, sigma_table, final_zero=True)
+        u = torch.linspace(0, 1, n + 1, dtype=torch.float64)[:-1]
+        return append_zero(sigmas_from_coordinate(u, (low, high), convention))
+
+    return {
+        "karras": lambda n: karras(n, low, high, final_zero=True),
+        "exponential": lambda n: exponential(n, low, high, final_zero=True),
+        "time-uniform": time_uniform_grid,
+        "ays": ays,
+        "beta": lambda n: beta(n, low, high, convention),
+    }
+
+
 def reference_schedules(steps: int, sigma_min: float, sigma_max: float) -> dict:
     """Built-in grids to draw a learned one against: karras and exponential on the model's
     range, and AYS's SD1.5 table when the range is SD1.5's."""

@@ -77,6 +77,29 @@ def plot_grids(grids: dict, title: str = "", size=(640, 400)):
     return image
 
 
+def labelled_rows(rows, tile: int = 128, pad: int = 4, label_width: int = 200):
+    """A sheet of images, one row per sampler: rows = [(label, images [N, H, W, 3] floats in
+    0..1)], the label (e.g. "dpmpp_2m + karras  RMSE 0.031") on the left, each image scaled so
+    its longer side is ``tile`` pixels; the same column is the same seed in every row."""
+    Image, ImageDraw = pil()
+    count = max(len(images) for _, images in rows)
+    first = rows[0][1]
+    h, w = first.shape[1], first.shape[2]
+    scale = tile / max(h, w)
+    tile_h, tile_w = max(1, round(h * scale)), max(1, round(w * scale))
+    sheet = Image.new("RGB", (label_width + count * (tile_w + pad) + pad, len(rows) * (tile_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, images) in enumerate(rows):
+        y = pad + r * (tile_h + pad)
+        for line_number, line in enumerate(str(label).split("\n")[:4]):
+            draw.text((pad, y + 4 + 14 * line_number), line[:34], fill=(0, 0, 0))
+        for c, image in enumerate(images):
+            pixels = (image.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()
+            picture = Image.fromarray(pixels, "RGB").resize((tile_w, tile_h), Image.NEAREST if scale >= 2 else Image.BILINEAR)
+            sheet.paste(picture, (label_width + c * (tile_w + pad), y))
+    return sheet
+
+
 def stack_vertically(images, pad: int = 8):
     """Stack PIL images top to bottom on white, centred."""
     Image, _ = pil()

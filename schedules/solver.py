@@ -35,7 +35,11 @@ class FittedSteps:
     sigmas [N+1]: host sigmas (a final 0 is a denoising step); coordinate [N+1]: the same grid
     as fractions of the model's sigma range (see ``grids.grid_coordinate``), for other models' ranges;
     eval_offsets [N], d_corrections [N, K], step_scales [N], corrector_corrections [N]: the
-    solver options that differ from the base (None where not learned).
+    solver options that differ from the base (None where not learned). base, corrector: this
+    fit's own base solver and corrector when they differ from the solver's (None: the solver's),
+    as when each NFE starts from its own best built-in pair. held_out: per-sample error summary
+    on the validation seeds (``distill.scoring.error_summary``); floor: the best built-in pair
+    it was measured against ({"base", "schedule", and its summary}).
     """
 
     sigmas: torch.Tensor
@@ -51,6 +55,10 @@ class FittedSteps:
     losses: list = field(default_factory=list)
     validation: list = field(default_factory=list)
     rejected_steps: int = 0
+    base: str | None = None
+    corrector: bool | None = None
+    held_out: dict = field(default_factory=dict)
+    floor: dict = field(default_factory=dict)
 
     @property
     def nfe(self) -> int:
@@ -59,6 +67,11 @@ class FittedSteps:
     def options(self) -> dict:
         """The tensor options of ``sample_learned`` this fit sets."""
         return {name: getattr(self, name) for name in LEARNED_OPTIONS if getattr(self, name) is not None}
+
+    def solver_options(self) -> dict:
+        """``options()`` plus this fit's own base and corrector where it has them."""
+        own = {name: getattr(self, name) for name in ("base", "corrector") if getattr(self, name) is not None}
+        return {**own, **self.options()}
 
 
 @dataclass
@@ -98,7 +111,7 @@ class LearnedSolver:
     def sampler_options(self, nfe=None) -> dict:
         """Keyword options for ``sample_learned`` (or a ComfyUI KSAMPLER's extra_options)."""
         fit = self._fit(nfe)
-        return {"base": self.base, "convention": self.convention, "corrector": self.corrector, **fit.options()}
+        return {"base": self.base, "convention": self.convention, "corrector": self.corrector, **fit.solver_options()}
 
     def sampler(self, nfe=None):
         """A k-diffusion sampler function with this fit's coefficients bound; pass it ``sigmas(nfe)``."""
@@ -171,12 +184,14 @@ class LearnedSolver:
         steps = len(sigmas) - 1
         shared = {"base": self.base, "convention": self.convention, "corrector": self.corrector}
         if steps in self.fits:
-            return {**shared, **self.fits[steps].options()}, []
+            return {**shared, **self.fits[steps].solver_options()}, []
         for nfe in sorted(self.fits):
-            tail = self.fits[nfe].sigmas[-(steps + 1):]
+            fit = self.fits[nfe]
+            tail = fit.sigmas[-(steps + 1):]
             if nfe > steps and torch.allclose(tail, sigmas, rtol=1e-4, atol=1e-7):
-                options = {name: value[nfe - steps:] for name, value in self.fits[nfe].options().items()}
-                return {**shared, **options}, []
+                options = {name: value[nfe - steps:] for name, value in fit.options().items()}
+                own = {k: v for k, v in fit.solver_options().items() if k in ("base", "corrector")}
+                return {**shared, **own, **options}, []
         return shared, [f"no fit for {steps} steps on this grid (fitted: {self.nfes}); sampling with the "
                         f"plain {self.base} solver"]
 
@@ -198,13 +213,33 @@ class LearnedSolver:
                               **self.sampler_options(nfe))
 
     def summary(self) -> str:
-        """One line per NFE: held-out RMSE to the teacher against the base solver's."""
-        lines = [f"{'NFE':>4} {'method':<8} {'base RMSE':>10} {'learned':>10} {'ratio':>7} {'fit s':>7}"]
+        """Per NFE, on the validation seeds: what was returned, its per-sample error to the teacher
+        (mean, median, p95) against the best built-in pair's, and the ratio of the means; then
+        the teacher's own residual."""
+        lines = [f"{'NFE':>4} {'returned':<30} {'mean':>7} {'median':>7} {'p95':>7}   "
+                 f"{'best built-in pair':<26} {'mean':>7} {'p95':>7} {'ratio':>6}"]
         for nfe in self.nfes:
             fit = self.fits[nfe]
-            ratio = fit.held_out_rmse / fit.base_held_out_rmse if fit.base_held_out_rmse > 0 else float("nan")
-            lines.append(f"{nfe:>4} {fit.method:<8} {fit.base_held_out_rmse:>10.4f} {fit.held_out_rmse:>10.4f} "
-                         f"{ratio:>7.2f} {fit.fit_seconds:>7.1f}")
+            held, floor = fit.held_out or {}, fit.floor or {}
+            pair = f"{floor.get('base', fit.base or self.base)} + {floor.get('schedule', '?')}"
+            returned = pair if fit.method == "builtin" else f"learned ({fit.method})"
+            mean = held.get("mean", fit.held_out_rmse)
+            floor_mean = floor.get("mean", fit.base_held_out_rmse)
+            ratio = mean / floor_mean if floor_mean and floor_mean > 0 else float("nan")
+            lines.append(f"{nfe:>4} {returned:<30} {mean:>7.4f} {held.get('median', float('nan')):>7.4f} "
+                         f"{held.get('p95', float('nan')):>7.4f}   {pair:<26} {floor_mean:>7.4f} "
+                         f"{floor.get('p95', float('nan')):>7.4f} {ratio:>6.2f}")
+            if fit.method == "builtin":
+                lines.append(f"     no learned solver beat {pair} here, so this NFE is that pair as it is")
+        teacher = self.provenance.get("teacher") if isinstance(self.provenance.get("teacher"), dict) else {}
+        if teacher.get("residual") is not None:
+            note = f"teacher: {teacher.get('base', '?')}, {teacher.get('steps', '?')} steps"
+            if teacher.get("refined"):
+                note += f" ({teacher['refined']} samples refined up to {teacher.get('max_steps')})"
+            note += f", residual {float(teacher['residual']):.4f}"
+            if teacher.get("excluded"):
+                note += f"; {teacher['excluded']} samples left out (the teacher did not settle on them)"
+            lines.append(note)
         return "\n".join(lines)
 
 

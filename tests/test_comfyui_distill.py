@@ -221,3 +221,27 @@ def test_block_checkpointing_of_real_networks_gives_the_same_gradient(kind):
     finally:
         patcher.unpatch_model()
     torch.testing.assert_close(blocked, plain)
+
+
+def test_compare_node_shows_the_teacher_the_learned_solver_and_the_built_ins(pack, models_dir):
+    model = tiny_model("eps")
+    positive, negative = tiny_conditioning(kind="eps")
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    solver = run(pack["LSDistillSampler"], model=model, positive=positive, negative=negative, latent_image=latent,
+                 filename="", **{**SMALL, "nfe": "4"}).result[0]
+    before = model_state(model)
+    out = run(pack["LSCompareSamplers"], model=model, positive=positive, negative=negative, latent_image=latent,
+              cfg=3.0, nfe=4, seeds=6, shown=3, built_ins_shown=2, seed=5, learned_solver=solver)
+    picture, table, sampler, sigmas = out.result
+    # teacher, the learned solver and two built-in rows; three seeds each
+    assert picture.ndim == 4 and picture.shape[-1] == 3 and picture.shape[1] > 4 * 8
+    lines = table.splitlines()
+    assert "residual" in lines[0] and "learned (" in table and "karras" in table and "<- winner" in table
+    # every base solver x every ComfyUI scheduler for this model that gives 4 distinct steps, and the learned one
+    assert sum(" + " in line for line in lines[2:]) >= 6 * 8
+    assert isinstance(sampler, comfy.samplers.KSAMPLER)
+    assert len(sigmas) == 5 and sigmas[-1] == 0
+    winner = lines[2].split()[0]
+    assert winner in table
+    after = model_state(model)
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0]) and before[1:] == after[1:]

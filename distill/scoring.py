@@ -1,0 +1,123 @@
+"""How a solver is judged against the teacher: per-sample errors, their tail, and the built-in floor.
+
+Every fit is scored per sample (the RMSE of each sample to the teacher's result), because a
+few-step solver that lands a sample in another mode (another composition, for an artist) moves
+that one sample a lot and the others not at all: the mean hides it, the tail shows it. A fit is
+selected on its mean per-sample error among the candidates whose tail (``tail_error``: the mean
+of the worst tenth of samples) is no worse than the best built-in pair's, so it cannot buy
+typical accuracy with new flips.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..learned_samplers import sample_learned
+from ..schedules.grids import grid_coordinate
+from ..schedules.solver import FittedSteps
+from .settings import SolverSetup
+
+# the worst share of samples ``tail_error`` averages
+TAIL_SHARE = 0.1
+
+
+def per_sample_errors(model, teacher, indices, fit: FittedSteps, setup: SolverSetup, batch_size: int = 64,
+                      dtype=None) -> torch.Tensor:
+    """RMSE of each sample [len(indices)] (float64, CPU) of ``fit`` to the teacher's results,
+    run ``batch_size`` samples at a time without gradients. ``fit.base`` overrides the setup's."""
+    device = setup.device or teacher.start.device
+    options = {**setup.solver_options(), **fit.solver_options()}
+    errors = []
+    with torch.no_grad():
+        for first in range(0, len(indices), batch_size):
+            chunk = indices[first:first + batch_size]
+            start = teacher.start[chunk].to(device=device, dtype=dtype or teacher.start.dtype)
+            out = sample_learned(model, start, fit.sigmas.to(start.dtype), setup.extra_args, None, True, **options)
+            diff = out.double().cpu() - teacher.final[chunk].double()
+            errors.append(diff.flatten(1).pow(2).mean(1).sqrt())
+    return torch.cat(errors) if errors else torch.zeros(0, dtype=torch.float64)
+
+
+def overall_rmse(errors: torch.Tensor) -> float:
+    """The RMSE over every value of every sample, from per-sample RMSEs (same size samples)."""
+    return math.sqrt(float(errors.pow(2).mean())) if len(errors) else float("nan")
+
+
+def tail_error(errors: torch.Tensor) -> float:
+    """The mean of the worst ``TAIL_SHARE`` of per-sample errors (at least one sample)."""
+    if not len(errors):
+        return float("nan")
+    worst = max(1, math.ceil(TAIL_SHARE * len(errors)))
+    return float(errors.sort(descending=True).values[:worst].mean())
+
+
+def mean_error(errors: torch.Tensor) -> float:
+    """The mean per-sample error, what candidates are ranked by (NaN and inf rank last)."""
+    value = float(errors.mean()) if len(errors) else float("nan")
+    return value if math.isfinite(value) else math.inf
+
+
+def no_worse_tail(errors: torch.Tensor, floor_errors: torch.Tensor, slack: float = 1e-9) -> bool:
+    """Whether ``errors`` keep the tail of ``floor_errors`` (same samples): no new flips."""
+    return tail_error(errors) <= tail_error(floor_errors) * (1 + slack)
+
+
+def error_summary(errors: torch.Tensor) -> dict:
+    """mean, median, p90, p95 of per-sample errors, and ``tail`` (``tail_error``)."""
+    if not len(errors):
+        return {}
+    e = errors.double()
+    return {"mean": float(e.mean()), "median": float(e.median()), "p90": float(e.quantile(0.9)),
+            "p95": float(e.quantile(0.95)), "tail": tail_error(e)}
+
+
+def ratio_interval(learned: torch.Tensor, reference: torch.Tensor, resamples: int = 2000, seed: int = 0,
+                   level: float = 0.9) -> tuple:
+    """A bootstrap interval (low, high) of mean(learned) / mean(reference) over paired samples."""
+    gen = torch.Generator().manual_seed(seed)
+    count = len(learned)
+    picks = torch.randint(0, count, (resamples, count), generator=gen)
+    ratios = learned.double()[picks].mean(1) / reference.double()[picks].mean(1).clamp(min=1e-300)
+    tail = (1 - level) / 2
+    return float(ratios.quantile(tail)), float(ratios.quantile(1 - tail))
+
+
+def builtin_pairs(schedules: dict, nfe: int, bases, sigma_min: float, sigma_max: float, convention: str) -> list:
+    """Every (base, schedule name, FittedSteps) of ``bases`` x ``schedules`` at ``nfe`` steps;
+    each grid starts at sigma_max and stays inside the model's range (a schedule that rounds
+    the range, as published tables do, is clamped onto it)."""
+    pairs = []
+    for name, make in schedules.items():
+        sigmas = torch.as_tensor(make(nfe), dtype=torch.float64).clone()
+        if len(sigmas) != nfe + 1:
+            if name == "given":
+                raise ValueError(f"the initial grid for NFE {nfe} has {len(sigmas)} sigmas; it needs {nfe + 1}")
+            continue  # a host schedule that does not give this step count is no candidate
+        positive = sigmas > 0
+        sigmas[positive] = sigmas[positive].clamp(sigma_min, sigma_max)
+        sigmas[0] = sigma_max
+        if not (sigmas[1:] < sigmas[:-1]).all():
+            continue  # a schedule that collapses at this step count (e.g. repeated timesteps) is no candidate
+        coordinate = grid_coordinate(sigmas, (sigma_min, sigma_max), convention)
+        for base in bases:
+            pairs.append((base, name, FittedSteps(sigmas=sigmas, coordinate=coordinate, base=base,
+                                                  corrector=base.startswith("unipc"))))
+    return pairs
+
+
+def score_pairs(model, teacher, indices, pairs, setup: SolverSetup, batch_size: int) -> list:
+    """Each pair's per-sample errors on ``indices``, best first by mean (``mean_error``):
+    [(score, base, schedule name, FittedSteps, errors)]."""
+    scored = []
+    for base, name, fit in pairs:
+        errors = per_sample_errors(model, teacher, indices, fit, setup, batch_size)
+        score = mean_error(errors)
+        scored.append((score if math.isfinite(score) else math.inf, base, name, fit, errors))
+    scored.sort(key=lambda item: item[0])
+    return scored
+
+
+__all__ = ["TAIL_SHARE", "builtin_pairs", "error_summary", "no_worse_tail", "overall_rmse", "per_sample_errors",
+           "ratio_interval", "score_pairs", "tail_error", "mean_error"]
