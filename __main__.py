@@ -2,8 +2,8 @@
 
   demo      distill a few-step solver for the shipped test UNet, print it against every
             classical solver x schedule on held-out seeds, and write a PNG of the grids and samples
-  compare   every base solver on classical grids on the exact Gaussian-mixture denoiser, as RMSE
-            to the ODE's solution
+  compare   the teacher, a learned-solver file and every base solver x built-in schedule on a
+            shipped denoiser, by per-sample error to the teacher (and a PNG side by side)
   inspect   a learned-solver file's metadata and fits, and a PNG of its grids
   validate  check learned-solver files (exit status 1 if any is invalid)
   export    a file's sigmas as a plain list, for any UI that takes custom sigmas
@@ -20,14 +20,10 @@ import time
 
 import torch
 
-from .distill.settings import METHODS
+from .distill.settings import METHODS, FitSettings
 from .learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
 from .schedules import SD15_SIGMA_MAX, SD15_SIGMA_MIN, exponential, karras, sd15_schedules
 
-GRIDS = {
-    "karras": lambda n: karras(n, SD15_SIGMA_MIN, SD15_SIGMA_MAX, final_zero=True),
-    "exponential": lambda n: exponential(n, SD15_SIGMA_MIN, SD15_SIGMA_MAX, final_zero=True),
-}
 DEMO_NFES = range(2, 21)  # each step adds fit time; past 20 steps built-in solvers are already close
 
 
@@ -124,127 +120,98 @@ class Progress:
 # ---------------------------------------------------------------------------------------------
 # demo and compare
 
-def compare(nfes, samples: int, seed: int, reference_steps: int, out=sys.stdout) -> dict:
-    """RMSE to the reference ODE solution for each (base, grid, NFE); returns the table."""
-    model = GaussianMixtureDenoiser.power_law(shape=(4, 32, 32), seed=seed, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = SD15_SIGMA_MAX * torch.randn(samples, *model.shape, generator=gen, dtype=torch.float64)
-    start = time.perf_counter()
-    reference = sample_learned(model, x, GRIDS["exponential"](reference_steps), base="dpmpp_3m", disable=True)
-    print(f"reference: dpmpp_3m, {reference_steps} steps, {time.perf_counter() - start:.1f} s", file=out)
-    table = {}
-    header = f"{'base':<10} {'grid':<12}" + "".join(f"{'NFE ' + str(n):>10}" for n in nfes)
-    print(header, file=out)
-    for base in BASE_SOLVERS:
-        for grid_name, grid in GRIDS.items():
-            row = []
-            for nfe in nfes:
-                result = sample_learned(model, x, grid(nfe), base=base, disable=True)
-                rmse = (result - reference).pow(2).mean().sqrt().item()
-                table[(base, grid_name, nfe)] = rmse
-                row.append(rmse)
-            print(f"{base:<10} {grid_name:<12}" + "".join(f"{v:>10.4f}" for v in row), file=out)
-    return table
+SHIPPED_MODELS = ("unet", "mixture", "hard")
 
 
-def to_pil(image: torch.Tensor, scale: int = 1):
-    """A [3, H, W] tensor in [-1, 1] as a PIL image, enlarged ``scale`` times."""
-    from .schedules.plot import pil
+def shipped_model(name: str):
+    """(model, sample shape, description) of a denoiser the package ships, on SD1.5's sigmas."""
+    if name == "mixture":
+        return GaussianMixtureDenoiser.power_law(shape=(4, 32, 32)), (4, 32, 32), "exact Gaussian mixture (4x32x32)"
+    if name == "hard":
+        return (GaussianMixtureDenoiser.close_modes(shape=(4, 32, 32)), (4, 32, 32),
+                "hard mixture: 8 close pairs of different widths (4x32x32)")
+    if name == "unet":
+        from .testmodel import load_test_unet
 
-    Image, _ = pil()
-    pixels = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    picture = Image.fromarray(pixels, "RGB")
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    return picture
+        unet = load_test_unet()
+        return unet, tuple(unet.sample_shape), "shipped TinyUNet (3x32x32, eps model on SD1.5 sigmas)"
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(SHIPPED_MODELS)}")
 
 
-def sample_sheet(columns: dict, scale: int = 3, pad: int = 4):
-    """columns: label -> [N, 3, H, W] tensors in [-1, 1]; one column per label, N rows."""
-    from .schedules.plot import pil
+def compare(model_name: str, nfe: int, seeds: int, seed: int, solver=None, png: str | None = None, shown: int = 4,
+            out=sys.stdout):
+    """The teacher, a learned solver (optional: a ``LearnedSolver`` or a file's path) and every base
+    solver x built-in schedule on one shipped denoiser, by per-sample error to the teacher;
+    returns the ``Comparison``."""
+    from .distill.compare import compare_solvers
+    from .schedules import discrete_vp_sigmas, load_learned_solver
 
-    Image, ImageDraw = pil()
-    labels = list(columns)
-    rows = min(len(v) for v in columns.values())
-    tile_h, tile_w = (columns[labels[0]].shape[-2] * scale, columns[labels[0]].shape[-1] * scale)
-    sheet = Image.new("RGB", (len(labels) * (tile_w + pad) + pad, rows * (tile_h + pad) + pad + 20), "white")
-    draw = ImageDraw.Draw(sheet)
-    for c, label in enumerate(labels):
-        x = pad + c * (tile_w + pad)
-        draw.text((x, 4), label[: max(4, tile_w // 6)], fill=(0, 0, 0))
-        for r in range(rows):
-            sheet.paste(to_pil(columns[label][r], scale), (x, 20 + pad + r * (tile_h + pad)))
-    return sheet
+    model, shape, name = shipped_model(model_name)
+    solver = load_learned_solver(solver) if isinstance(solver, str) else solver
+    began = time.perf_counter()
+    result = compare_solvers(model, shape, sigma_min=SD15_SIGMA_MIN, sigma_max=SD15_SIGMA_MAX, nfe=nfe,
+                             convention="ve", solver=solver, samples=seeds, show=min(shown, seeds), seed=seed,
+                             sigma_table=discrete_vp_sigmas())
+    print(f"{name}:", file=out)
+    print(result.table(), file=out)
+    print(f"({time.perf_counter() - began:.0f} s)", file=out)
+    if png:
+        comparison_picture(result).save(png)
+        print(f"wrote {png}", file=out)
+    return result
+
+
+def comparison_picture(result, built_ins: int = 3):
+    """The teacher, the learned solver and the best ``built_ins`` pairs, one row each."""
+    from .schedules.plot import labelled_rows, preview
+
+    rows = [(f"teacher\n{result.teacher.report()['steps']} steps", preview(result.shown))]
+    picked = [e for e in result.entries if e.learned] + [e for e in result.entries if not e.learned][:built_ins]
+    for entry in sorted(picked, key=lambda e: e.score):
+        rows.append((f"{entry.label}\nRMSE {entry.summary()['mean']:.4f}", preview(entry.outputs)))
+    return labelled_rows(rows)
 
 
 def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_mixture: bool, out=sys.stdout,
          save: str | None = None):
-    """Distill, compare on held-out seeds, write the PNG (and, with ``save``, the learned-solver
-    file); returns (learned RMSE, best classical RMSE)."""
-    from .distill import distill, start_states
-    from .schedules import reference_schedules
+    """Distill with the defaults (which start from the best built-in pair), compare on held-out
+    seeds, write the PNG (and, with ``save``, the learned-solver file); returns (learned mean
+    per-sample error, best built-in pair's)."""
+    from .distill import distill
+    from .schedules import discrete_vp_sigmas, reference_schedules
     from .schedules.plot import plot_grids, stack_vertically
 
     began = time.perf_counter()
-    if use_mixture:
-        model = GaussianMixtureDenoiser.power_law(shape=(3, 32, 32), seed=seed)
-        name = "exact Gaussian mixture (3x32x32)"
-    else:
-        from .testmodel import load_test_unet
-
-        model = load_test_unet()
-        name = "shipped TinyUNet (3x32x32, eps model on SD1.5 sigmas)"
-    shape = (3, 32, 32)
-    grids = sd15_schedules()
-
-    def run(start, sigmas, base, **options):
-        with torch.no_grad():
-            return sample_learned(model, start, sigmas.to(start.dtype), base=base, disable=True, **options)
-
-    teacher_grid = exponential(48, SD15_SIGMA_MIN, SD15_SIGMA_MAX, final_zero=True)
-    probe = start_states(shape, 16, SD15_SIGMA_MAX, "ve", seed=seed)
-    probe_teacher = run(probe, teacher_grid, "dpmpp_3m")
-    rmse = lambda a, b: (a.double() - b.double()).pow(2).mean().sqrt().item()  # noqa: E731
-    pairs = [(b, g) for b in BASE_SOLVERS for g in grids]
-    init_base, init_grid = min(pairs, key=lambda p: rmse(run(probe, grids[p[1]](nfe), p[0]), probe_teacher))
-    print(f"{name}: NFE {nfe}, starting from the best built-in pair on training seeds: "
-          f"{init_base} + {init_grid}", file=out)
+    model, shape, name = shipped_model("mixture" if use_mixture else "unet")
+    print(f"{name}: NFE {nfe}, method {method}", file=out)
     solver = distill(model, shape, sigma_min=SD15_SIGMA_MIN, sigma_max=SD15_SIGMA_MAX, nfe=[nfe], method=method,
-                     base=init_base, init_sigmas=grids[init_grid], samples=40, validation=16, seed=seed,
-                     iterations=iterations, teacher_steps=32, convention="ve", progress=Progress(out))
-    held = start_states(shape, 32, SD15_SIGMA_MAX, "ve", seed=seed + 10_000)
-    teacher = run(held, teacher_grid, "dpmpp_3m")
-    scores = {f"{b} + {g}": rmse(run(held, grids[g](nfe), b), teacher) for b, g in pairs}
-    learned = solver.sample(model, held, nfe)
-    learned_rmse = rmse(learned, teacher)
-    ranked = sorted(scores.items(), key=lambda item: item[1])
-    print(f"\nRMSE to the teacher (dpmpp_3m, 48 steps) on 32 held-out seeds, NFE {nfe}:", file=out)
-    for label, value in ranked[:5]:
-        print(f"  {label:<26} {value:.4f}", file=out)
-    print(f"  {'... ' + str(len(ranked) - 5) + ' more built-in pairs':<26}", file=out)
-    fit = solver.fits[nfe]
-    print(f"  {'learned (' + fit.method + ')':<26} {learned_rmse:.4f}   "
-          f"= {learned_rmse / ranked[0][1]:.2f} x the best built-in; fit {fit.fit_seconds:.0f} s", file=out)
-    best_base, best_grid = ranked[0][0].split(" + ")
+                     iterations=iterations, seed=seed, convention="ve", sigma_table=discrete_vp_sigmas(),
+                     progress=Progress(out))
+    print(solver.summary(), file=out)
+    result = compare(model_name="mixture" if use_mixture else "unet", nfe=nfe, seeds=32, seed=seed + 10_000,
+                     solver=solver, out=out, shown=6)
+    learned = result.learned()
+    best = next(entry for entry in result.entries if not entry.learned)
+    learned_error, best_error = learned.summary()["mean"], best.summary()["mean"]
     picture = stack_vertically([
         plot_grids({"learned": solver.sigmas(nfe), **reference_schedules(nfe, SD15_SIGMA_MIN, SD15_SIGMA_MAX)},
                    title=f"{name}: sigma per step, NFE {nfe}"),
-        sample_sheet({"teacher": teacher[:6], f"{best_base}+{best_grid}": run(held[:6], grids[best_grid](nfe), best_base),
-                      "2m+karras": run(held[:6], grids["karras"](nfe), "dpmpp_2m"), "learned": learned[:6]}, scale=3),
+        comparison_picture(result),
     ])
     picture.save(out_path)
     if save:
         from .schedules import save_learned_solver
 
         description = (f"Fitted by `python -m learned_solvers demo --nfe {nfe} --iterations {iterations} --seed {seed}"
-                       f"{' --mixture' if use_mixture else ''}` on the {name}; held-out RMSE {learned_rmse:.4f} against "
-                       f"{ranked[0][1]:.4f} for the best built-in pair ({ranked[0][0]}).")
+                       f"{' --mixture' if use_mixture else ''}` on the {name}; mean per-sample error to the teacher "
+                       f"on 32 held-out seeds {learned_error:.4f} against {best_error:.4f} for the best built-in "
+                       f"pair ({best.label}).")
         written = save_learned_solver(solver, save, {"model_family": "TinyUNet" if not use_mixture else "mixture",
                                                      "prediction": "EPS", "description": description,
                                                      "license": "MIT", "author": "learned-solvers"})
         print(f"wrote {written}", file=out)
     print(f"wrote {out_path}  ({time.perf_counter() - began:.0f} s in all)", file=out)
-    return learned_rmse, ranked[0][1]
+    return learned_error, best_error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,8 +294,8 @@ def demo_options(parser):
     parser.add_argument("--method", default="auto", choices=list(METHODS),
                         help="what to fit: auto (recommended), dode (step scales, seconds), ld3 (time grid), "
                              "s4s (coefficients), s4s_alt (both, alternating)")
-    parser.add_argument("--iterations", type=whole_number(0, 5000), default=100,
-                        help="gradient steps of the fit (default 100)")
+    parser.add_argument("--iterations", type=whole_number(0, 5000), default=FitSettings().iterations,
+                        help=f"gradient steps of the fit (default {FitSettings().iterations}, as the Distill node)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the noises and the fit (default 0)")
     parser.add_argument("--out", type=writable_file, default="learned_solver_demo.png",
                         help="the PNG to write (default learned_solver_demo.png)")
@@ -342,16 +309,17 @@ def run_demo(args) -> int:
 
 
 def compare_options(parser):
-    parser.add_argument("--nfe", type=whole_number(1, 1000), nargs="+", default=[4, 5, 6, 8, 10],
-                        help="step counts to compare (default 4 5 6 8 10)")
-    parser.add_argument("--samples", type=whole_number(1), default=16, help="noise samples (default 16)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the mixture and the noises (default 0)")
-    parser.add_argument("--reference-steps", type=whole_number(2), default=500,
-                        help="steps of the dpmpp_3m reference solution (default 500)")
+    parser.add_argument("--model", choices=SHIPPED_MODELS, default="unet",
+                        help="the shipped denoiser: the test UNet, the exact mixture, or the hard mixture (default unet)")
+    parser.add_argument("--nfe", type=whole_number(2, 100), default=4, help="model calls per sample (default 4)")
+    parser.add_argument("--solver", help="a learned-solver file to compare with the built-ins")
+    parser.add_argument("--seeds", type=whole_number(1), default=16, help="noise seeds (default 16)")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the noises (default 1)")
+    parser.add_argument("--png", type=writable_file, help="write the samples side by side to this PNG")
 
 
 def run_compare(args) -> int:
-    compare(args.nfe, args.samples, args.seed, args.reference_steps)
+    compare(args.model, args.nfe, args.seeds, args.seed, args.solver, args.png)
     return 0
 
 
@@ -419,7 +387,7 @@ def run_push(args) -> int:
 
 COMMANDS = {
     "demo": ("distill a solver for the shipped test UNet and write a PNG", demo_options, run_demo),
-    "compare": ("base solvers x grids on the exact mixture denoiser", compare_options, run_compare),
+    "compare": ("a learned solver against every built-in pair on a shipped denoiser", compare_options, run_compare),
     "inspect": ("a learned-solver file's metadata and fits, optionally a PNG", inspect_options,
                 lambda args: inspect_file(args.file, args.png)),
     "validate": ("check learned-solver files; exit status 1 if any is invalid", validate_options,

@@ -35,7 +35,7 @@ if io is not None:
     from .schedules import comfyui as library
     from .schedules.files import OPTIONAL_METADATA
     from .schedules.hub import pull_learned_solver
-    from .schedules.plot import labelled_rows, solver_figure
+    from .schedules.plot import labelled_rows, preview, solver_figure
 
     LearnedSolverSocket = io.Custom("LEARNED_SOLVER")
 
@@ -320,15 +320,11 @@ if io is not None:
             return io.NodeOutput(solver, ui=ui.PreviewText(f"pulled {os.path.basename(path)}\n{solver.summary()}"))
 
     def _pictures(latents, vae) -> torch.Tensor:
-        """Latents [B, C, H, W] as IMAGE [B, H, W, 3]: decoded by the VAE, or (without one) the
-        first three channels, each image stretched to 0..1 (a preview, not the picture)."""
-        if vae is not None:
-            images = vae.decode(latents)
-            return images.reshape(-1, *images.shape[-3:])[..., :3].float().cpu()
-        channels = latents[:, :3] if latents.shape[1] >= 3 else latents[:, :1].expand(-1, 3, -1, -1)
-        flat = channels.flatten(1)
-        low, high = flat.min(1).values[:, None, None, None], flat.max(1).values[:, None, None, None]
-        return ((channels - low) / (high - low).clamp(min=1e-8)).permute(0, 2, 3, 1).float().cpu()
+        """Latents [B, C, H, W] as IMAGE [B, H, W, 3]: decoded by the VAE, else a latent preview."""
+        if vae is None:
+            return preview(latents)
+        images = vae.decode(latents)
+        return images.reshape(-1, *images.shape[-3:])[..., :3].float().cpu()
 
     class CompareSamplers(io.ComfyNode):
         """The teacher, a learned solver and the built-in pairs side by side on the same seeds."""

@@ -77,6 +77,16 @@ def plot_grids(grids: dict, title: str = "", size=(640, 400)):
     return image
 
 
+def preview(latents: torch.Tensor) -> torch.Tensor:
+    """Samples [B, C, H, W] as pictures [B, H, W, 3] in 0..1 without a decoder: the first three
+    channels (one channel as grey), each picture stretched to its own range."""
+    latents = latents.detach().float().cpu()
+    channels = latents[:, :3] if latents.shape[1] >= 3 else latents[:, :1].expand(-1, 3, -1, -1)
+    flat = channels.flatten(1)
+    low, high = flat.min(1).values[:, None, None, None], flat.max(1).values[:, None, None, None]
+    return ((channels - low) / (high - low).clamp(min=1e-8)).permute(0, 2, 3, 1)
+
+
 def labelled_rows(rows, tile: int = 128, pad: int = 4, label_width: int = 200):
     """A sheet of images, one row per sampler: rows = [(label, images [N, H, W, 3] floats in
     0..1)], the label (e.g. "dpmpp_2m + karras  RMSE 0.031") on the left, each image scaled so

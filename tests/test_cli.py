@@ -25,7 +25,8 @@ def no_fit(monkeypatch):
     (["demo", "--save", "/no/such/dir/x.safetensors"], "/no/such/dir does not exist"),
     (["demo", "--nfe", "100"], "--nfe: 100 is outside 2..20"),
     (["demo", "--nfe", "1"], "--nfe: 1 is outside 2..20"),
-    (["compare", "--nfe", "0"], "--nfe: 0 is outside 1..1000"),
+    (["compare", "--nfe", "0"], "--nfe: 0 is outside 2..100"),
+    (["compare", "--model", "sd99"], "invalid choice"),
 ])
 def test_bad_values_are_refused_in_one_line_before_any_work(argv, message, no_fit, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -89,3 +90,16 @@ def test_threads_leave_busy_cores_alone(monkeypatch):
     monkeypatch.setattr(cli.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
     assert cli.pick_threads() == 1
     assert cli.pick_threads(3) == 3
+
+
+def test_compare_ranks_a_file_against_every_built_in_pair_and_draws_them(tmp_path, capsys):
+    png = tmp_path / "compare.png"
+    assert cli.main(["compare", "--model", "mixture", "--nfe", "4", "--seeds", "4", "--solver", PRESET,
+                     "--png", str(png), "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "residual" in text and "learned (" in text and "<- winner" in text
+    assert sum(" + " in line for line in text.splitlines()) >= 6 * 5  # every base x every built-in schedule
+    from PIL import Image
+
+    with Image.open(png) as picture:  # teacher, the learned solver and three built-ins, 4 seeds each
+        assert picture.height >= 5 * 128 and picture.width >= 4 * 128

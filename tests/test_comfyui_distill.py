@@ -18,6 +18,7 @@ import nodes as comfy_nodes  # noqa: E402
 
 from comfyui_models import tiny_conditioning, tiny_model  # noqa: E402
 from helpers import hub_cache  # noqa: E402
+from learned_solvers.schedules import read_metadata  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(cfg=3.0, nfe="3, 4", method="auto", base="dpmpp_2m", teacher_steps=12, samples=6, iterations=6,
@@ -84,6 +85,14 @@ def test_distill_node_fits_saves_and_leaves_the_model_alone(pack, models_dir, ki
     assert leftovers == []
     saved = sorted(p.name for p in models_dir.iterdir())
     assert saved == ["tiny.safetensors"]
+    # the teacher's residual, and what each NFE was measured against, are in the text and the file
+    text = out.ui.value
+    assert "teacher: dpmpp_3m" in text and "residual" in text and "best built-in pair" in text
+    metadata = read_metadata(str(models_dir / "tiny.safetensors"))
+    assert float(metadata["teacher_residual"]) == solver.provenance["teacher"]["residual"]
+    # the floor is one of ComfyUI's own schedulers for this model, or one of the package's built-ins
+    known = set(comfy.samplers.SCHEDULER_NAMES) | {"time-uniform", "ays", "beta"}
+    assert all(fit.floor["schedule"] in known for fit in solver.fits.values())
 
     # the file loads back through Load Learned Solver and gives the same sigmas
     folder_paths.filename_list_cache.clear()

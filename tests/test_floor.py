@@ -1,0 +1,98 @@
+"""The best built-in pair as the floor of every fit, and the teacher that checks itself."""
+
+import torch
+
+from learned_solvers.distill import distill, refine_teacher, start_states
+from learned_solvers.distill.scoring import error_summary, no_worse_tail, ratio_interval, tail_error
+from learned_solvers.learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
+from learned_solvers.schedules import beta, builtin_schedules, karras, load_learned_solver, save_learned_solver
+
+SHAPE = (2, 8, 8)
+SIGMA_MIN, SIGMA_MAX = 0.0291675, 14.6146412
+MODEL = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
+SMALL = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=32, validation=32, iterations=20, batch_size=8,
+             convention="ve")
+
+
+def per_sample(out, target):
+    return (out.double() - target.double()).flatten(1).pow(2).mean(1).sqrt()
+
+
+def test_the_fit_starts_from_the_best_base_when_it_is_not_the_old_default():
+    # on this mixture at 6 karras steps iPNDM is more than twice as close to the teacher as DPM++ 2M
+    start = start_states(SHAPE, 48, SIGMA_MAX, "ve", seed=0)
+    teacher = refine_teacher(MODEL, start, 32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
+    grid = karras(6, SIGMA_MIN, SIGMA_MAX, final_zero=True).float()
+    scores = {b: float(per_sample(sample_learned(MODEL, start, grid, base=b, disable=True), teacher.final).mean())
+              for b in BASE_SOLVERS}
+    assert min(scores, key=scores.get) == "ipndm" and scores["ipndm"] < 0.6 * scores["dpmpp_2m"]
+    solver = distill(MODEL, SHAPE, nfe=[6], init_sigmas="karras", **SMALL)
+    fit = solver.fits[6]
+    assert fit.floor["base"] == "ipndm" and fit.floor["schedule"] == "karras"
+    assert fit.base == "ipndm" and solver.sampler_options(6)["base"] == "ipndm"  # the corrections sit on it
+    assert fit.held_out["mean"] <= fit.floor["mean"]
+
+
+def test_where_no_fit_can_improve_the_result_is_the_best_pair_itself(tmp_path):
+    # a point mass: D(x, sigma) = c, and every solver's final denoising step lands exactly on c
+    centre = torch.linspace(-1, 1, 128).reshape(SHAPE)
+
+    def point_mass(x, sigma, **_):
+        return centre.expand_as(x).to(x.dtype)
+
+    solver = distill(point_mass, SHAPE, nfe=[4], **SMALL)
+    fit = solver.fits[4]
+    assert fit.method == "builtin" and fit.options() == {}
+    assert "no learned solver beat" in solver.summary()
+    floor_grid = builtin_schedules(SIGMA_MIN, SIGMA_MAX)[fit.floor["schedule"]](4)
+    assert torch.allclose(fit.sigmas, floor_grid, rtol=1e-12, atol=0)
+    x = start_states(SHAPE, 4, SIGMA_MAX, "ve", seed=7)
+    assert torch.allclose(solver.sample(point_mass, x, 4),
+                          sample_learned(point_mass, x, floor_grid.float(), base=fit.floor["base"], disable=True))
+    path = save_learned_solver(solver, str(tmp_path / "pair.safetensors"))
+    again = load_learned_solver(path)
+    assert again.fits[4].method == "builtin" and again.fits[4].base == fit.base
+    assert again.fits[4].floor["schedule"] == fit.floor["schedule"]
+
+
+def test_a_learned_fit_never_ends_worse_than_its_floor_on_the_validation_seeds():
+    solver = distill(MODEL, SHAPE, nfe=[3, 5], **SMALL)
+    for nfe, fit in solver.fits.items():
+        assert fit.held_out["mean"] <= fit.floor["mean"] + 1e-12
+        assert fit.held_out["tail"] <= fit.floor["tail"] * (1 + 1e-9) + 1e-12
+        assert fit.base == fit.floor["base"]
+
+
+def test_the_teacher_refines_itself_where_it_flips_a_mode():
+    hard = GaussianMixtureDenoiser.close_modes()
+    start = start_states(hard.shape, 24, SIGMA_MAX, "ve", seed=0)
+    teacher = refine_teacher(hard, start, 32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, batch_size=24)
+    report = teacher.report()
+    refined = teacher.sample_steps > 32
+    assert report["refined"] == int(refined.sum()) > 0 and report["max_steps"] >= 64
+    # the refined samples are the ones a plain 32-step run gets wrong: against a 256-step run,
+    # the plain run is off by more there than the refined teacher is
+    plain = refine_teacher(hard, start, 32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, batch_size=24, max_steps=32)
+    fine = refine_teacher(hard, start[refined], 256, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, max_steps=256)
+    assert (per_sample(teacher.final[refined], fine.final) < per_sample(plain.final[refined], fine.final)).all()
+    assert teacher.residual < 0.01 and bool(teacher.settled.all())
+
+
+def test_scores_and_their_interval():
+    errors = torch.tensor([0.1] * 9 + [1.0], dtype=torch.float64)
+    assert tail_error(errors) == 1.0
+    summary = error_summary(errors)
+    assert abs(summary["mean"] - 0.19) < 1e-12 and summary["median"] == 0.1
+    assert no_worse_tail(errors * 0.5, errors) and not no_worse_tail(errors * 2, errors)
+    low, high = ratio_interval(errors * 0.5, errors)
+    assert low <= 0.5 <= high
+
+
+def test_beta_schedule_crowds_both_ends():
+    grid = beta(10, SIGMA_MIN, SIGMA_MAX)
+    assert len(grid) == 11 and grid[0] == SIGMA_MAX and grid[-2] == SIGMA_MIN and grid[-1] == 0
+    assert (grid[1:] < grid[:-1]).all()
+    u = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    from learned_solvers.schedules.grids import _beta_quantiles
+
+    assert torch.allclose(_beta_quantiles(u), u, atol=1e-6)  # symmetric: the median is 0.5
