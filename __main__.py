@@ -139,13 +139,14 @@ def shipped_model(name: str):
 
 
 def compare(model_name: str, nfe: int, seeds: int, seed: int, solver=None, png: str | None = None, shown: int = 4,
-            out=sys.stdout):
+            out=None):
     """The teacher, a learned solver (optional: a ``LearnedSolver`` or a file's path) and every base
     solver x built-in schedule on one shipped denoiser, by per-sample error to the teacher;
     returns the ``Comparison``."""
     from .distill.compare import compare_solvers
     from .schedules import discrete_vp_sigmas, load_learned_solver
 
+    out = out or sys.stdout
     model, shape, name = shipped_model(model_name)
     solver = load_learned_solver(solver) if isinstance(solver, str) else solver
     began = time.perf_counter()

@@ -29,7 +29,9 @@ from .memory import checkpointed_model
 from .scoring import no_worse_tail, overall_rmse, per_sample_errors, mean_error
 from .settings import FitSettings, SolverSetup
 
-DEFAULT_LR = {"grid": 0.1, "end": 0.2, "offsets": 0.1, "coefficients": 0.05, "step_scales": 0.05}
+# peak rates for 4 steps at 2 samples a step (the Distill node's batch): larger rates let such
+# small, noisy batches walk the grid away from its start before the cosine decay settles it
+DEFAULT_LR = {"grid": 0.03, "end": 0.06, "offsets": 0.03, "coefficients": 0.015, "step_scales": 0.015}
 
 
 class FitCancelled(Exception):
@@ -160,16 +162,30 @@ class StudentParameters(torch.nn.Module):
                            method=method, **options)
 
 
-def _loss(out, target, kind):
+# "capped": the scale past which a sample's distance counts less and less, in multiples of the
+# floor's median training error
+CAP_FACTOR = 3.0
+
+
+def _loss(out, target, kind, cap=None):
     """l2: mean over samples of each sample's RMS distance (a distance, not its square, so a
-    sample the student cannot follow does not drown the others); l1: mean absolute error;
-    mse: mean squared error."""
+    sample the student cannot follow does not drown the others); capped: each distance d counted
+    as cap * log(1 + d / cap), so a sample far past ``cap`` (one the base pair already sends to
+    another mode) weighs little: the fit aims at the samples it can improve, and the selection
+    guards the tail;
+    l1: mean absolute error; mse: mean squared error."""
     diff = (out - target).flatten(1)
     if kind == "l1":
         return diff.abs().mean()
     if kind == "mse":
         return diff.pow(2).mean()
-    return diff.pow(2).mean(1).add(1e-12).sqrt().mean()
+    distance = diff.pow(2).mean(1).add(1e-12).sqrt()
+    if kind == "capped" and cap is not None and cap > 0:
+        # cap * log(1 + d / cap): d where d << cap, growing only logarithmically past it; the weight
+        # of a sample falls as cap / d but never reaches 0, so a fit that has gone wrong on every
+        # sample still has a gradient back (Adam does not mind its scale)
+        distance = cap * torch.log1p(distance / cap)
+    return distance.mean()
 
 
 def rmse(model, teacher, indices, fit: FittedSteps, setup: SolverSetup, batch_size: int = 64, dtype=None):
@@ -182,7 +198,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
                  settings: FitSettings, *, method: str, iterations: int, seed: int = 0,
                  params: StudentParameters | None = None, keep: set | None = None, step_offset: int = 0,
                  total_steps: int | None = None, progress=None, cancel=None, eval_every: int = 10,
-                 max_rejections: int = 10, decay_to: float = 0.1, floor_errors=None):
+                 max_rejections: int = 10, decay_to: float = 0.1, floor_errors=None, loss_cap=None):
     """Backpropagate through the unrolled student; returns (best FittedSteps, its validation
     score (``scoring.mean_error``), params, log).
 
@@ -192,7 +208,8 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     learn: a subset of {"grid", "offsets", "coefficients", "step_scales"}; keep: the options a
     snapshot carries (default ``learn``; S4S-Alt passes every block learned so far). The best
     snapshot by validation score is returned (the mean per-sample error, among snapshots whose
-    tail is no worse than ``floor_errors``' [len(validation)], the best built-in pair's, when given) and ``params`` are left at it (the initial state
+    tail is no worse than ``floor_errors``' [len(validation)], the best built-in pair's, when given).
+    loss_cap: the per-sample distance cap of the "capped" loss and ``params`` are left at it (the initial state
     counts, so the fit never ends worse on the validation samples than it started). lr: peak
     Adam rates per group (defaults ``DEFAULT_LR`` x (4 / N)^2), decayed by a cosine to
     ``decay_to`` x the peak over the iterations; a rejected step halves the peaks. slack: LD3's
@@ -233,6 +250,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     total_steps = total_steps or iterations
 
     keep = learn if keep is None else keep
+    cap = loss_cap
 
     def validate():
         # selected on the mean among snapshots that keep the floor's tail; logged as the RMSE
@@ -260,7 +278,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
         sigmas, options = params.options(learn)
         out = sample_learned(call, start + unit * delta, sigmas.to(start.dtype), setup.extra_args, None, True,
                              **setup.solver_options(), **options)
-        value = _loss(out, target.to(out.dtype), settings.loss)
+        value = _loss(out, target.to(out.dtype), settings.loss, cap)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         grads = [p.grad for group in groups for p in group["params"] if p.grad is not None]

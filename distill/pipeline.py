@@ -11,8 +11,9 @@ import torch
 from ..version import __version__
 from ..learned_samplers import BASE_SOLVERS, resolve_convention
 from ..schedules import builtin_schedules, uniform
-from .fit import StudentParameters, autocast_model, fit_gradient, fit_step_scales, start_noise_scale
-from .scoring import builtin_pairs, error_summary, no_worse_tail, overall_rmse, per_sample_errors, score_pairs, mean_error
+from .fit import CAP_FACTOR, StudentParameters, autocast_model, fit_gradient, fit_step_scales, start_noise_scale
+from .scoring import (builtin_pairs, error_summary, mean_error, no_worse_tail, overall_rmse, per_sample_errors,
+                      ratio_interval, score_pairs)
 from .settings import FitSettings, SolverSetup
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import MAX_NFE, FittedSteps, LearnedSolver
@@ -26,8 +27,10 @@ def start_states(shape, count: int, sigma_max: float, convention: str, seed: int
     return (start_noise_scale(sigma_max, convention) * noise).to(device=device, dtype=dtype)
 
 
-# built-in pairs scored on the validation samples too before the best is taken as the floor
-FLOOR_FINALISTS = 4
+# every built-in pair is first scored on this many training samples; the best FLOOR_FINALISTS
+# then on every training and validation sample, and the best of those is the floor
+FLOOR_PROBE_SAMPLES = 8
+FLOOR_FINALISTS = 6
 
 
 def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: str, sigma_table=None,
@@ -38,7 +41,10 @@ def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: st
     ComfyUI's schedulers for the loaded model); a built-in name: that one; a dict nfe -> sigmas
     or a callable nfe -> sigmas: that grid ("given").
     """
-    known = {**builtin_schedules(sigma_min, sigma_max, convention, sigma_table), **(extra or {})}
+    # the host's own first: where two schedules give the same grid, the name the user knows is kept
+    known = dict(extra or {})
+    for name, make in builtin_schedules(sigma_min, sigma_max, convention, sigma_table).items():
+        known.setdefault(name, make)
     known["uniform"] = lambda n: uniform(n, sigma_min, sigma_max, final_zero=True)
     if init == "auto":
         return {name: make for name, make in known.items() if name != "uniform"}
@@ -131,22 +137,28 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         pairs = builtin_pairs(candidates_by_name, n, bases, sigma_min, sigma_max, convention)
         if not pairs:
             raise ValueError(f"no schedule gives a valid {n}-step grid on this model's range")
-        # the floor: the best pair by mean error on the training samples, then the few best of those
-        # also on the validation samples (a choice on 24 seeds alone is noisy)
-        ranked = score_pairs(call, teacher, train, pairs, shared, s.inference_batch_size)[:FLOOR_FINALISTS]
-        finalists = []
-        for _, pair_base, pair_name, pair_fit, train_errors in ranked:
+        # the floor: every pair ranked by mean error on a few training samples, then the best few
+        # on all training and validation samples (a choice on a few seeds alone is noisy)
+        probe, rest = train[:FLOOR_PROBE_SAMPLES], train[FLOOR_PROBE_SAMPLES:]
+        ranked = score_pairs(call, teacher, probe, pairs, shared, s.inference_batch_size)[:FLOOR_FINALISTS]
+        finalists, probe_errors_of, rest_errors_of = [], {}, {}
+        for _, pair_base, pair_name, pair_fit, probe_errors in ranked:
             pair_setup = SolverSetup(base=pair_base, convention=convention, corrector=bool(pair_fit.corrector),
                                      sigma_range=sigma_range, extra_args=extra_args, device=device)
+            rest_errors = per_sample_errors(call, teacher, rest, pair_fit, pair_setup, s.inference_batch_size)
             held_errors = per_sample_errors(call, teacher, held, pair_fit, pair_setup, s.inference_batch_size)
-            finalists.append((mean_error(torch.cat([train_errors, held_errors])), pair_base, pair_name, pair_fit,
-                              held_errors, pair_setup))
+            probe_errors_of[(pair_base, pair_name)], rest_errors_of[(pair_base, pair_name)] = probe_errors, rest_errors
+            everyone = torch.cat([probe_errors, rest_errors, held_errors])
+            finalists.append((mean_error(everyone), pair_base, pair_name, pair_fit, held_errors, pair_setup))
         _, floor_base, floor_name, floor_fit, floor_errors, setup = min(finalists, key=lambda item: item[0])
         floor_fit.method = "builtin"
         plain = FittedSteps(sigmas=floor_fit.sigmas, coordinate=floor_fit.coordinate)
         candidates = [(mean_error(floor_errors), floor_fit, floor_errors)]
         log = {"losses": [], "validation": [], "rejected": 0}
-        gradient = dict(seed=s.seed + n, progress=progress, cancel=cancel, total_steps=total, floor_errors=floor_errors)
+        floor_train = torch.cat([probe_errors_of[(floor_base, floor_name)], rest_errors_of[(floor_base, floor_name)]])
+        cap = CAP_FACTOR * float(floor_train.median()) if len(floor_train) else None
+        gradient = dict(seed=s.seed + n, progress=progress, cancel=cancel, total_steps=total, floor_errors=floor_errors,
+                        loss_cap=cap)
         first_step = teacher_batches + index * s.iterations
 
         def fitted(fit):
@@ -191,7 +203,9 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         chosen.base, chosen.corrector = floor_base, setup.corrector
         chosen.held_out_rmse = overall_rmse(errors)
         chosen.base_held_out_rmse = overall_rmse(floor_errors)
-        chosen.held_out = error_summary(errors)
+        low, high = ratio_interval(errors, floor_errors)
+        chosen.held_out = {**error_summary(errors), "closer": float((errors < floor_errors).double().mean()),
+                           "ratio_low": low, "ratio_high": high}
         chosen.floor = {"base": floor_base, "schedule": floor_name, **error_summary(floor_errors)}
         chosen.fit_seconds = time.perf_counter() - fit_began
         chosen.losses = log["losses"]

@@ -87,8 +87,9 @@ def ratio_interval(learned: torch.Tensor, reference: torch.Tensor, resamples: in
 def builtin_pairs(schedules: dict, nfe: int, bases, sigma_min: float, sigma_max: float, convention: str) -> list:
     """Every (base, schedule name, FittedSteps) of ``bases`` x ``schedules`` at ``nfe`` steps;
     each grid starts at sigma_max and stays inside the model's range (a schedule that rounds
-    the range, as published tables do, is clamped onto it)."""
-    pairs = []
+    the range, as published tables do, is clamped onto it). A schedule that repeats an earlier
+    one's grid, or gives no strictly decreasing grid of ``nfe`` steps, is left out."""
+    pairs, grids = [], []
     for name, make in schedules.items():
         sigmas = torch.as_tensor(make(nfe), dtype=torch.float64).clone()
         if len(sigmas) != nfe + 1:
@@ -100,6 +101,9 @@ def builtin_pairs(schedules: dict, nfe: int, bases, sigma_min: float, sigma_max:
         sigmas[0] = sigma_max
         if not (sigmas[1:] < sigmas[:-1]).all():
             continue  # a schedule that collapses at this step count (e.g. repeated timesteps) is no candidate
+        if any(torch.allclose(sigmas, seen, rtol=1e-6, atol=0) for seen in grids):
+            continue  # the same grid under another name is scored once, under its first name
+        grids.append(sigmas)
         coordinate = grid_coordinate(sigmas, (sigma_min, sigma_max), convention)
         for base in bases:
             pairs.append((base, name, FittedSteps(sigmas=sigmas, coordinate=coordinate, base=base,

@@ -10,7 +10,7 @@ from typing import Any
 from ..learned_samplers import BASE_SOLVERS, HISTORY
 
 METHODS = ("auto", "dode", "ld3", "s4s", "s4s_alt")
-LOSSES = ("l2", "l1", "mse")
+LOSSES = ("capped", "l2", "l1", "mse")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class FitSettings:
     batch_size: int = 2
     inference_batch_size: int = 16
     lr: dict | None = field(default=None, hash=False)
-    loss: str = "l2"
+    loss: str = "capped"
     slack: float = 0.001
     decoupled: bool = True
     history: int = 3

@@ -229,6 +229,9 @@ class LearnedSolver:
             lines.append(f"{nfe:>4} {returned:<30} {mean:>7.4f} {held.get('median', float('nan')):>7.4f} "
                          f"{held.get('p95', float('nan')):>7.4f}   {pair:<26} {floor_mean:>7.4f} "
                          f"{floor.get('p95', float('nan')):>7.4f} {ratio:>6.2f}")
+            if fit.method != "builtin" and "closer" in held:
+                lines.append(f"     closer than the pair on {held['closer']:.0%} of the validation seeds; ratio "
+                             f"90% interval {held.get('ratio_low', float('nan')):.2f}..{held.get('ratio_high', float('nan')):.2f}")
             if fit.method == "builtin":
                 lines.append(f"     no learned solver beat {pair} here, so this NFE is that pair as it is")
         teacher = self.provenance.get("teacher") if isinstance(self.provenance.get("teacher"), dict) else {}

@@ -94,8 +94,8 @@ def test_threads_leave_busy_cores_alone(monkeypatch):
 
 def test_compare_ranks_a_file_against_every_built_in_pair_and_draws_them(tmp_path, capsys):
     png = tmp_path / "compare.png"
-    assert cli.main(["compare", "--model", "mixture", "--nfe", "4", "--seeds", "4", "--solver", PRESET,
-                     "--png", str(png), "--threads", "1"]) == 0
+    assert cli.main(["--threads", "1", "compare", "--model", "mixture", "--nfe", "4", "--seeds", "4",
+                     "--solver", PRESET, "--png", str(png)]) == 0
     text = capsys.readouterr().out
     assert "residual" in text and "learned (" in text and "<- winner" in text
     assert sum(" + " in line for line in text.splitlines()) >= 6 * 5  # every base x every built-in schedule

@@ -4,7 +4,8 @@ What a user sees: the page loads with no console error the pack causes (against 
 without the pack), both example workflows load from the templates dialog (the pack's category,
 a thumbnail each, no missing-node dialog), every node is in the node library under its category
 with its display name, the distill-then-sample workflow queued with the Run button runs to the
-end (the Distill node's progress bar moves, its plot and the sampled image show), and a saved
+end (the Distill node's progress bar moves, its plot, the Compare Samplers sheet and the
+sampled image show), and a saved
 learned solver is in a KSampler's scheduler list after a reload.
 
 Needs COMFYUI_PATH, Playwright's Python package and a Chromium binary (``CHROMIUM``, else
@@ -180,7 +181,7 @@ def test_every_node_is_in_the_node_library_under_its_category(page, server):
     listed = folder.locator(":scope > .p-tree-node-children").inner_text()
     info = server.get("/object_info")
     ours = {name: node for name, node in info.items() if name.startswith("LS") and not name.startswith("LSTest")}
-    assert len(ours) == 7
+    assert len(ours) == 8
     for name, node in ours.items():
         assert node["category"] == "/".join(CATEGORY), name
         assert node["display_name"] in listed, (node["display_name"], listed)
@@ -240,6 +241,7 @@ def test_distill_then_sample_runs_from_the_run_button(page, server):
     set_widgets(page, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT})
     set_widgets(page, "EmptyLatentImage", {"width": 64, "height": 64})
     set_widgets(page, "LSDistillSampler", {"teacher_steps": 16, "samples": 8, "iterations": 30})
+    set_widgets(page, "LSCompareSamplers", {"seeds": 4, "shown": 2})
     distill_id = page.evaluate("window.app.graph.nodes.find(n => n.type === 'LSDistillSampler').id")
     page.evaluate("""id => { window.__progress = []; window.__progressTimer = setInterval(() => {
         const p = window.app.graph.getNodeById(id).progress;
@@ -265,12 +267,18 @@ def test_distill_then_sample_runs_from_the_run_button(page, server):
     progress = page.evaluate("clearInterval(window.__progressTimer), window.__progress")
     assert len(progress) >= 3 and 0 <= min(progress) < max(progress) <= 1, progress
 
-    for node_type in ("PreviewImage", "SaveImage"):  # the Distill node's plot, and the sampled image
-        page.page.wait_for_function(f"""() => {{
-            const node = window.app.graph.nodes.find(n => n.type === '{node_type}');
+    # the Distill node's plot, the comparison of the samplers, and the sampled image
+    page.page.wait_for_function("""() => {
+        const nodes = window.app.graph.nodes.filter(n => n.type === 'PreviewImage' || n.type === 'SaveImage');
+        return nodes.length === 3 && nodes.every(node => {
             const src = window.app.nodeOutputs?.[node.id]?.images?.[0]?.filename;
             return src && node.imgs?.length && node.imgs[0].complete && node.imgs[0].naturalWidth > 0;
-        }}""", timeout=60_000)
+        });
+    }""", timeout=60_000)
+    # the comparison sheet: teacher, the learned solver and three built-ins, two seeds each
+    compare_id = page.evaluate("window.app.graph.nodes.find(n => n.type === 'LSCompareSamplers').id")
+    (compare_output,) = [out for node_id, out in entry["outputs"].items() if node_id == str(compare_id)]
+    assert "<- winner" in "".join(compare_output["text"]) and "learned (" in "".join(compare_output["text"])
     page.page.wait_for_timeout(500)
     page.shot("6_distill_finished")
     assert (server.base / "models" / "learned_solvers" / "sd15_cfg7_nfe4.safetensors").is_file()
