@@ -139,7 +139,7 @@ def shipped_model(name: str):
 
 
 def compare(model_name: str, nfe: int, seeds: int, seed: int, solver=None, png: str | None = None, shown: int = 4,
-            out=None):
+            out=None, limit: int | None = None):
     """The teacher, a learned solver (optional: a ``LearnedSolver`` or a file's path) and every base
     solver x built-in schedule on one shipped denoiser, by per-sample error to the teacher;
     returns the ``Comparison``."""
@@ -154,7 +154,7 @@ def compare(model_name: str, nfe: int, seeds: int, seed: int, solver=None, png: 
                              convention="ve", solver=solver, samples=seeds, show=min(shown, seeds), seed=seed,
                              sigma_table=discrete_vp_sigmas())
     print(f"{name}:", file=out)
-    print(result.table(), file=out)
+    print(result.table(limit), file=out)
     print(f"({time.perf_counter() - began:.0f} s)", file=out)
     if png:
         comparison_picture(result).save(png)
@@ -190,7 +190,7 @@ def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_m
                      progress=Progress(out))
     print(solver.summary(), file=out)
     result = compare(model_name="mixture" if use_mixture else "unet", nfe=nfe, seeds=32, seed=seed + 10_000,
-                     solver=solver, out=out, shown=6)
+                     solver=solver, out=out, shown=6, limit=6)
     learned = result.learned()
     best = next(entry for entry in result.entries if not entry.learned)
     learned_error, best_error = learned.summary()["mean"], best.summary()["mean"]
