@@ -166,10 +166,7 @@ def comparison_picture(result, built_ins: int = 3):
     """The teacher, the learned solver and the best ``built_ins`` pairs, one row each."""
     from .schedules.plot import labelled_rows, preview
 
-    rows = [(f"teacher\n{result.teacher.report()['steps']} steps", preview(result.shown))]
-    picked = [e for e in result.entries if e.learned] + [e for e in result.entries if not e.learned][:built_ins]
-    for entry in sorted(picked, key=lambda e: e.score):
-        rows.append((f"{entry.label}\nRMSE {entry.summary()['mean']:.4f}", preview(entry.outputs)))
+    rows = [(label, preview(latents)) for label, latents in result.rows(built_ins)]
     return labelled_rows(rows)
 
 

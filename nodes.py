@@ -384,12 +384,7 @@ if io is not None:
             result = compare_model(model, positive, negative, latent_image, cfg, nfe, solver=learned_solver,
                                    samples=seeds, show=min(shown, seeds), seed=seed, progress=progress,
                                    cancel=cancel)
-            rows = [("teacher\n" + f"{result.teacher.report()['steps']} steps", result.shown)]
-            picked = [e for e in result.entries if e.learned] + [e for e in result.entries if not e.learned][
-                :built_ins_shown]
-            for entry in sorted(picked, key=lambda e: e.score):
-                rows.append((f"{entry.label}\nRMSE {entry.summary()['mean']:.4f}", entry.outputs))
-            pictures = [(label, _pictures(latents, vae)) for label, latents in rows]
+            pictures = [(label, _pictures(latents, vae)) for label, latents in result.rows(built_ins_shown)]
             sheet = labelled_rows(pictures)
             table = result.table()
             winner = result.winner

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import torch
 
 from ..learned_samplers import BASE_SOLVERS, sample_learned
-from ..schedules.solver import FittedSteps
 from .pipeline import candidate_schedules, start_states
 from .scoring import builtin_pairs, error_summary, mean_error
 from .settings import FitSettings, SolverSetup
@@ -51,6 +50,16 @@ class Comparison:
     @property
     def winner(self) -> Entry:
         return self.entries[0]
+
+    def rows(self, built_ins: int = 3) -> list:
+        """What a picture of the comparison shows, one row each, best first after the teacher:
+        [(label, results on the shown seeds [show, ...])] for the teacher, the learned solver and
+        the best ``built_ins`` built-in pairs; each label carries the sampler's mean error."""
+        picked = [e for e in self.entries if e.learned] + [e for e in self.entries if not e.learned][:built_ins]
+        rows = [(f"teacher\n{self.teacher.report()['steps']} steps", self.shown)]
+        for entry in sorted(picked, key=lambda e: e.score):
+            rows.append((f"{entry.label}\nRMSE {entry.summary()['mean']:.4f}", entry.outputs))
+        return rows
 
     def learned(self) -> Entry | None:
         return next((entry for entry in self.entries if entry.learned), None)
@@ -114,8 +123,7 @@ def compare_solvers(model, shape, *, sigma_min: float, sigma_max: float, nfe: in
             from .fit import FitCancelled
 
             raise FitCancelled("the comparison was cancelled")
-        fit = FittedSteps(sigmas=sigmas, coordinate=sigmas)
-        outputs, errors = _run(model, teacher, fit, options, extra_args, device, batch_size)
+        outputs, errors = _run(model, teacher, sigmas, options, extra_args, device, batch_size)
         entries.append(Entry(label, sigmas, options, errors, outputs[:show], learned, notes))
         if progress is not None:
             progress(done + 1, len(runs))
@@ -123,12 +131,12 @@ def compare_solvers(model, shape, *, sigma_min: float, sigma_max: float, nfe: in
     return Comparison(nfe=nfe, teacher=teacher, entries=entries, shown=teacher.final[:show])
 
 
-def _run(model, teacher, fit, options, extra_args, device, batch_size):
+def _run(model, teacher, sigmas, options, extra_args, device, batch_size):
     outs = []
     with torch.no_grad():
         for first in range(0, len(teacher.start), batch_size):
             start = teacher.start[first:first + batch_size].to(device)
-            outs.append(sample_learned(model, start, fit.sigmas.to(start.dtype), extra_args, None, True,
+            outs.append(sample_learned(model, start, sigmas.to(start.dtype), extra_args, None, True,
                                        **options).float().cpu())
     out = torch.cat(outs)
     errors = (out.double() - teacher.final.double()).flatten(1).pow(2).mean(1).sqrt()
