@@ -29,8 +29,8 @@ from .memory import checkpointed_model
 from .scoring import no_worse_tail, overall_rmse, per_sample_errors, mean_error
 from .settings import FitSettings, SolverSetup
 
-# peak rates for 4 steps at 2 samples a step (the Distill node's batch): larger rates let such
-# small, noisy batches walk the grid away from its start before the cosine decay settles it
+# peak rates for 4 steps at the Distill node's 4-sample batches: larger rates let such small,
+# noisy batches walk the grid away from its start before the cosine decay settles it
 DEFAULT_LR = {"grid": 0.03, "end": 0.06, "offsets": 0.03, "coefficients": 0.015, "step_scales": 0.015}
 
 
@@ -197,12 +197,13 @@ def rmse(model, teacher, indices, fit: FittedSteps, setup: SolverSetup, batch_si
 def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validation, setup: SolverSetup,
                  settings: FitSettings, *, method: str, iterations: int, seed: int = 0,
                  params: StudentParameters | None = None, keep: set | None = None, step_offset: int = 0,
-                 total_steps: int | None = None, progress=None, cancel=None, eval_every: int = 10,
+                 total_steps: int | None = None, progress=None, cancel=None,
                  max_rejections: int = 10, decay_to: float = 0.1, floor_errors=None, loss_cap=None):
     """Backpropagate through the unrolled student; returns (best FittedSteps, its validation
     score (``scoring.mean_error``), params, log).
 
-    From ``settings``: batch_size (training samples per step), lr, loss, slack, history,
+    From ``settings``: batch_size (training samples per step; micro_batch at a time),
+    validate_every (iterations between validation runs), lr, loss, slack, history,
     use_checkpoint (a bool here) and inference_batch_size (samples per validation run).
 
     learn: a subset of {"grid", "offsets", "coefficients", "step_scales"}; keep: the options a
@@ -271,16 +272,22 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * (decay_to + (1 - decay_to) * 0.5 * (1 + math.cos(math.pi * iteration / iterations)))
         pick = torch.randperm(len(train), generator=gen)[:settings.batch_size]
-        chunk = train[pick]
-        start = teacher.start[chunk].to(device)
-        target = teacher.final[chunk].to(device)
-        delta = offsets[pick].to(device).requires_grad_(radius > 0)
-        sigmas, options = params.options(learn)
-        out = sample_learned(call, start + unit * delta, sigmas.to(start.dtype), setup.extra_args, None, True,
-                             **setup.solver_options(), **options)
-        value = _loss(out, target.to(out.dtype), settings.loss, cap)
         optimizer.zero_grad(set_to_none=True)
-        value.backward()
+        # the batch's gradient accumulated over parts of at most micro_batch samples: the memory of
+        # a micro_batch-sample step, the gradient noise of a batch_size one
+        value, deltas = 0.0, []
+        for part in pick.split(settings.micro_batch or len(pick)):
+            chunk = train[part]
+            start = teacher.start[chunk].to(device)
+            target = teacher.final[chunk].to(device)
+            delta = offsets[part].to(device).requires_grad_(radius > 0)
+            sigmas, options = params.options(learn)
+            out = sample_learned(call, start + unit * delta, sigmas.to(start.dtype), setup.extra_args, None, True,
+                                 **setup.solver_options(), **options)
+            part_value = _loss(out, target.to(out.dtype), settings.loss, cap) * (len(part) / len(pick))
+            part_value.backward()
+            value = value + part_value.detach()
+            deltas.append((part, delta))
         grads = [p.grad for group in groups for p in group["params"] if p.grad is not None]
         finite = bool(torch.isfinite(value)) and all(bool(torch.isfinite(g).all()) for g in grads)
         if not finite:
@@ -300,15 +307,16 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
         optimizer.step()
         params.project()
         last_good = copy.deepcopy(params.state_dict())
-        if radius > 0 and delta.grad is not None:
-            with torch.no_grad():
-                g = delta.grad.flatten(1)
-                step = radius * g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)
-                moved = (delta.detach().flatten(1) - step)
-                moved = moved * (radius / moved.norm(dim=1, keepdim=True).clamp(min=radius))
-                offsets[pick] = moved.reshape(delta.shape).to(offsets)
+        for part, delta in deltas:
+            if radius > 0 and delta.grad is not None:
+                with torch.no_grad():
+                    g = delta.grad.flatten(1)
+                    step = radius * g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)
+                    moved = (delta.detach().flatten(1) - step)
+                    moved = moved * (radius / moved.norm(dim=1, keepdim=True).clamp(min=radius))
+                    offsets[part] = moved.reshape(delta.shape).to(offsets)
         log["losses"].append(float(value.detach()))
-        if (iteration + 1) % eval_every == 0 or iteration + 1 == iterations:
+        if (iteration + 1) % settings.validate_every == 0 or iteration + 1 == iterations:
             snap, score, value_rmse = validate()
             log["validation"].append((step_offset + iteration + 1, value_rmse))
             if score < best_score:

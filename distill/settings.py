@@ -24,7 +24,10 @@ class FitSettings:
     schedule, per NFE; "karras", "exponential", "time-uniform", "ays", "beta", "uniform", a dict
     nfe -> sigmas or a callable). samples,
     validation: training and validation start noises. seed: seeds the noises and the fit.
-    iterations: gradient steps per NFE. batch_size: training samples per gradient step.
+    iterations: gradient steps per NFE. batch_size: training samples per gradient step, put
+    through the model micro_batch at a time (the gradient accumulated: the memory of a
+    micro_batch step). validate_every: iterations between validation runs (snapshots are
+    chosen among those).
     inference_batch_size: samples per model run without gradients (teacher, validation), the
     bound on memory outside the gradient steps. lr: peak Adam rates per parameter group
     (``fit.DEFAULT_LR`` keys). loss: one of LOSSES. slack: LD3's soft-slack radius factor (0:
@@ -42,10 +45,12 @@ class FitSettings:
     teacher_tolerance: float = 0.01
     init_sigmas: Any = "auto"
     samples: int = 24
-    validation: int = 32
+    validation: int = 64
     seed: int = 0
     iterations: int = 200
-    batch_size: int = 2
+    batch_size: int = 4
+    micro_batch: int = 2
+    validate_every: int = 25
     inference_batch_size: int = 16
     lr: dict | None = field(default=None, hash=False)
     loss: str = "capped"
@@ -80,8 +85,8 @@ class FitSettings:
             raise ValueError("need at least one training and one validation sample")
         if not 1 <= self.history <= HISTORY:
             raise ValueError(f"history must be between 1 and {HISTORY}")
-        if self.batch_size < 1 or self.inference_batch_size < 1:
-            raise ValueError("batch_size and inference_batch_size must be at least 1")
+        if min(self.batch_size, self.micro_batch, self.inference_batch_size, self.validate_every) < 1:
+            raise ValueError("batch_size, micro_batch, inference_batch_size and validate_every must be at least 1")
         return self
 
 
