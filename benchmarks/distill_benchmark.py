@@ -4,6 +4,7 @@ reference on held-out seeds: mean, median, tail.
     python benchmarks/distill_benchmark.py                       # all three models, NFE 3 4 5 6 8 10
     python benchmarks/distill_benchmark.py --model hard --nfe 4 6
     python benchmarks/distill_benchmark.py --model mixture --methods auto ld3 s4s
+    python benchmarks/distill_benchmark.py --model hard --seeds 0 1 2     # the spread from fit to fit
 
 (a) ``mixture``: the exact Gaussian-mixture denoiser sized like an SD latent (4x32x32), SD1.5's
     sigma range, start noise scaled as ComfyUI scales eps-model noise (sqrt(1 + sigma_max^2)).
@@ -52,7 +53,7 @@ def describe(errors):
             f"{(errors > FLIP).double().mean():>5.1%} {errors.pow(2).mean().sqrt():.4f}")
 
 
-def run(name, model, shape, nfes, methods, held_out, out, batch=32):
+def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,)):
     sigma_min, sigma_max = float(SD15[0]), float(SD15[-1])
     schedules = builtin_schedules(sigma_min, sigma_max, "ve", SD15)
     held = start_states(shape, held_out, sigma_max, "ve", seed=10_000)
@@ -84,10 +85,10 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32):
             for grid_name, grid in schedules.items():
                 builtin[(base, grid_name)] = errors_of(sample(held, grid(n), base=base), reference.final)
         (best_base, best_grid), best = min(builtin.items(), key=lambda item: float(item[1].mean()))
-        for method in methods:
+        for method, seed in [(method, seed) for method in methods for seed in seeds]:
             began = time.perf_counter()
             solver = distill(model, shape, sigma_min=sigma_min, sigma_max=sigma_max, nfe=[n], method=method,
-                             convention="ve", sigma_table=SD15)
+                             convention="ve", sigma_table=SD15, seed=seed)
             seconds = time.perf_counter() - began
             fit = solver.fits[n]
             learned = errors_of(sample(held, fit.sigmas, **solver.sampler_options(n)), reference.final)
@@ -96,10 +97,11 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32):
             closer = float((learned < best).double().mean())
             returned = (f"{fit.floor['base']} + {fit.floor['schedule']}" + ("" if fit.method == "builtin"
                                                                              else " + learned"))
-            print(f"{n:>4} {best_base + ' + ' + best_grid:<26} {describe(best)}   {method:<8} {describe(learned)} "
+            label = method if len(seeds) == 1 else f"{method} s{seed}"
+            print(f"{n:>4} {best_base + ' + ' + best_grid:<26} {describe(best)}   {label:<8} {describe(learned)} "
                   f"{ratio:>6.2f} [{low:.2f}, {high:.2f}] {closer:>6.0%} {seconds:>4.0f}s  {returned}",
                   file=out, flush=True)
-            rows[(n, method)] = {"best": best, "learned": learned, "ratio": ratio, "interval": (low, high)}
+            rows[(n, method, seed)] = {"best": best, "learned": learned, "ratio": ratio, "interval": (low, high)}
     return rows
 
 
@@ -123,10 +125,13 @@ def main(argv=None):
     parser.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])
     parser.add_argument("--methods", nargs="+", default=["auto"], choices=list(METHODS))
     parser.add_argument("--held-out", type=int, default=256)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="fit seeds (FitSettings.seed: the training noises and the fit's own draws); "
+                             "several show the spread of one setting from run to run")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     for name, model, shape in cases(args.model):
-        run(name, model, shape, args.nfe, args.methods, args.held_out, sys.stdout)
+        run(name, model, shape, args.nfe, args.methods, args.held_out, sys.stdout, seeds=args.seeds)
 
 
 if __name__ == "__main__":

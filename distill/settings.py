@@ -44,7 +44,7 @@ class FitSettings:
     teacher_steps: int = 32
     teacher_tolerance: float = 0.01
     init_sigmas: Any = "auto"
-    samples: int = 24
+    samples: int = 64
     validation: int = 64
     seed: int = 0
     iterations: int = 200

@@ -23,7 +23,7 @@ SHAPE = (2, 8, 8)
 SIGMA_MIN, SIGMA_MAX = 0.0291675, 14.6146412
 MODEL = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
 SMALL = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=48, validation=32, iterations=40,
-             batch_size=16, teacher_steps=32, convention="ve")
+             batch_size=16, micro_batch=16, teacher_steps=32, convention="ve")
 
 
 def held_out_rmse(solver, nfe, base_grid=None, base=None):
@@ -130,6 +130,19 @@ def test_same_seed_same_result():
     for name, value in a.options().items():
         torch.testing.assert_close(value, b.options()[name], rtol=0, atol=0)
     assert a.losses == b.losses
+
+
+def test_a_batch_put_through_in_micro_batches_fits_as_the_whole_batch():
+    # the gradient accumulated over parts is the whole batch's: the same fit, less memory
+    whole = distill(MODEL, SHAPE, nfe=[4], method="auto", **{**SMALL, "iterations": 12, "validate_every": 4})
+    parts = distill(MODEL, SHAPE, nfe=[4], method="auto", **{**SMALL, "iterations": 12, "validate_every": 4,
+                                                              "micro_batch": 3})
+    a, b = whole.fits[4], parts.fits[4]
+    assert a.method == b.method == "auto"
+    torch.testing.assert_close(a.sigmas, b.sigmas, rtol=1e-4, atol=0)
+    for name, value in a.options().items():
+        torch.testing.assert_close(value, b.options()[name], rtol=1e-4, atol=1e-6)
+    assert a.losses == pytest.approx(b.losses, rel=1e-5)
 
 
 def test_cancel_stops_within_one_iteration():
