@@ -276,12 +276,12 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
         # the batch's gradient accumulated over parts of at most micro_batch samples: the memory of
         # a micro_batch-sample step, the gradient noise of a batch_size one
         value, deltas = 0.0, []
-        for part in pick.split(settings.micro_batch or len(pick)):
+        for part in pick.split(settings.micro_batch):
             chunk = train[part]
             start = teacher.start[chunk].to(device)
             target = teacher.final[chunk].to(device)
             delta = offsets[part].to(device).requires_grad_(radius > 0)
-            sigmas, options = params.options(learn)
+            sigmas, options = params.options(learn)  # built again per part: each backward frees its graph
             out = sample_learned(call, start + unit * delta, sigmas.to(start.dtype), setup.extra_args, None, True,
                                  **setup.solver_options(), **options)
             part_value = _loss(out, target.to(out.dtype), settings.loss, cap) * (len(part) / len(pick))

@@ -141,21 +141,21 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         # on all training and validation samples (a choice on a few seeds alone is noisy)
         probe, rest = train[:FLOOR_PROBE_SAMPLES], train[FLOOR_PROBE_SAMPLES:]
         ranked = score_pairs(call, teacher, probe, pairs, shared, s.inference_batch_size)[:FLOOR_FINALISTS]
-        finalists, probe_errors_of, rest_errors_of = [], {}, {}
+        finalists = []
         for _, pair_base, pair_name, pair_fit, probe_errors in ranked:
             pair_setup = SolverSetup(base=pair_base, convention=convention, corrector=bool(pair_fit.corrector),
                                      sigma_range=sigma_range, extra_args=extra_args, device=device)
-            rest_errors = per_sample_errors(call, teacher, rest, pair_fit, pair_setup, s.inference_batch_size)
+            train_errors = torch.cat([probe_errors, per_sample_errors(call, teacher, rest, pair_fit, pair_setup,
+                                                                      s.inference_batch_size)])
             held_errors = per_sample_errors(call, teacher, held, pair_fit, pair_setup, s.inference_batch_size)
-            probe_errors_of[(pair_base, pair_name)], rest_errors_of[(pair_base, pair_name)] = probe_errors, rest_errors
-            everyone = torch.cat([probe_errors, rest_errors, held_errors])
-            finalists.append((mean_error(everyone), pair_base, pair_name, pair_fit, held_errors, pair_setup))
-        _, floor_base, floor_name, floor_fit, floor_errors, setup = min(finalists, key=lambda item: item[0])
+            finalists.append((mean_error(torch.cat([train_errors, held_errors])), pair_base, pair_name, pair_fit,
+                              held_errors, pair_setup, train_errors))
+        best_pair = min(finalists, key=lambda item: item[0])
+        _, floor_base, floor_name, floor_fit, floor_errors, setup, floor_train = best_pair
         floor_fit.method = "builtin"
         plain = FittedSteps(sigmas=floor_fit.sigmas, coordinate=floor_fit.coordinate)
         candidates = [(mean_error(floor_errors), floor_fit, floor_errors)]
         log = {"losses": [], "validation": [], "rejected": 0}
-        floor_train = torch.cat([probe_errors_of[(floor_base, floor_name)], rest_errors_of[(floor_base, floor_name)]])
         cap = CAP_FACTOR * float(floor_train.median()) if len(floor_train) else None
         gradient = dict(seed=s.seed + n, progress=progress, cancel=cancel, total_steps=total, floor_errors=floor_errors,
                         loss_cap=cap)

@@ -10,8 +10,8 @@ from learned_solvers.schedules import beta, builtin_schedules, karras, load_lear
 SHAPE = (2, 8, 8)
 SIGMA_MIN, SIGMA_MAX = 0.0291675, 14.6146412
 MODEL = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
-SMALL = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=32, validation=32, iterations=20, batch_size=8, micro_batch=8,
-             convention="ve")
+SMALL = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=32, validation=32, iterations=20, batch_size=8,
+             micro_batch=8, convention="ve")
 
 
 def per_sample(out, target):
