@@ -87,27 +87,25 @@ def fraction(text: str) -> float:
 # Progress
 
 class Progress:
-    """Progress lines for the fit: the teacher run's batches, then the fit's steps with loss,
-    held-out RMSE and an ETA from the fit's own pace (the teacher's says nothing of it). On a
-    terminal one line is redrawn; written to a file, a line per tenth of the work."""
+    """Progress lines for the fit: the teacher run's batches, then the fit's steps with loss and
+    held-out RMSE, each with the library's estimate of the time left (``distill.cost.TimeLeft``).
+    On a terminal one line is redrawn; written to a file, a line per tenth of the work."""
 
     def __init__(self, out):
         self.out, self.began, self.shown = out, time.perf_counter(), -1
         self.redraw = hasattr(out, "isatty") and out.isatty()
-        self.fit_began = None  # (time, step) of the fit's first report
 
-    def __call__(self, step, total, loss, held_out):
+    def __call__(self, step, total, loss, held_out, seconds_left=float("nan")):
+        from .distill.cost import duration
+
         now = time.perf_counter()
         if loss != loss and held_out != held_out:  # NaN, NaN: a teacher batch, which has no loss
             text = f"  teacher run: batch {step} done"
         else:
-            if self.fit_began is None:
-                self.fit_began = (now, step - 1)
-            pace = (now - self.fit_began[0]) / (step - self.fit_began[1])
             text = f"  fitting {step}/{total}  held-out RMSE {held_out:.4f}" + (
                 f"  loss {loss:.4f}" if loss == loss else "")
-            if step < total:
-                text += f"  about {pace * (total - step):.0f} s left"
+        if step < total and seconds_left == seconds_left:
+            text += f"  {duration(seconds_left)} left"
         text += f"  ({now - self.began:.0f} s)"
         tenth = 10 * step // max(total, 1)
         if self.redraw:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 
 import torch
 
@@ -31,6 +32,7 @@ log = logging.getLogger("learned_solvers")
 
 if io is not None:
     from .distill.comfyui import compare_model, distill_model
+    from .distill.cost import progress_text
     from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
     from .schedules import comfyui as library
     from .schedules.files import OPTIONAL_METADATA
@@ -45,6 +47,18 @@ if io is not None:
 
         pixels = numpy.asarray(picture.convert("RGB"), dtype=numpy.float32) / 255.0
         return torch.from_numpy(pixels.copy())[None]
+
+    def _show_text(text: str):
+        """``text`` under the running node on the page (nothing when no server runs, as in scripts)."""
+        try:
+            from comfy_execution.utils import get_executing_context
+            from server import PromptServer
+        except ImportError:
+            return
+        context = get_executing_context()
+        server = getattr(PromptServer, "instance", None)
+        if context is not None and server is not None:
+            server.send_progress_text(text, context.node_id)
 
     def _learned_sampler(solver):
         return comfy.samplers.KSAMPLER(solver.k_sampler(warn=log.warning))
@@ -157,12 +171,21 @@ if io is not None:
         def execute(cls, model, positive, negative, latent_image, cfg, nfe, method, base, teacher_steps, samples,
                     iterations, seed, filename, memory="auto") -> io.NodeOutput:
             nfes = library.parse_nfes(nfe)
-            bar = {}
+            bar = {"shown": 0.0, "logged": -1}
 
-            def progress(step, total, loss, held_out):
+            def progress(step, total, loss, held_out, seconds_left):
                 if "bar" not in bar:
                     bar["bar"] = comfy.utils.ProgressBar(total)
                 bar["bar"].update_absolute(step, total)
+                text = progress_text(step, total, loss, held_out, seconds_left)
+                now = time.monotonic()
+                if now - bar["shown"] >= 1.0 or step == total:  # the page needs no more than a line a second
+                    bar["shown"] = now
+                    _show_text(text)
+                quarter = 4 * step // max(total, 1)
+                if seconds_left == seconds_left and quarter != bar["logged"]:
+                    bar["logged"] = quarter
+                    log.info("Distill Sampler: %s", text)
 
             def cancel():
                 comfy.model_management.throw_exception_if_processing_interrupted()

@@ -164,7 +164,7 @@ def measure(name, resolution, mode, device, args):
     weights = patcher.model_size() / 2 ** 30
     marks = []
 
-    def progress(step, total, loss, held_out):
+    def progress(step, total, loss, held_out, seconds_left=None):
         marks.append((time.perf_counter(), step, loss, peak_gib(device)))
         if loss == loss:  # a gradient step: from here on the peak is the fit's own
             reset_peak(device)

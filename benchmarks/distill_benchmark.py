@@ -5,6 +5,7 @@ reference on held-out seeds: mean, median, tail.
     python benchmarks/distill_benchmark.py --model hard --nfe 4 6
     python benchmarks/distill_benchmark.py --model mixture --methods auto ld3 s4s
     python benchmarks/distill_benchmark.py --model hard --seeds 0 1 2     # the spread from fit to fit
+    python benchmarks/distill_benchmark.py --model hard --set iterations=100 samples=32   # other settings
 
 (a) ``mixture``: the exact Gaussian-mixture denoiser sized like an SD latent (4x32x32), SD1.5's
     sigma range, start noise scaled as ComfyUI scales eps-model noise (sqrt(1 + sigma_max^2)).
@@ -23,7 +24,9 @@ strongest floor there is). Per-sample error: RMSE of one sample to the reference
 (in this unit-variance latent, another mode); "RMSE": over every value of every seed (the
 metric of earlier versions of this table). The ratio is mean(learned) / mean(best pair)
 with a 90 % bootstrap interval; "closer": the share of seeds where the learned solver is
-closer to the reference than the best pair.
+closer to the reference than the best pair; "calls": the fit's model calls per sample, without
+gradients (teacher, scoring the built-ins, validation) / with gradients (forward and
+recomputation; ``distill.cost``), and "fit" its wall time.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import time
 
 import torch
 
-from learned_solvers.distill import METHODS, distill, refine_teacher, start_states
+from learned_solvers.distill import METHODS, FitSettings, distill, refine_teacher, start_states
 from learned_solvers.distill.scoring import ratio_interval
 from learned_solvers.learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
 from learned_solvers.schedules import builtin_schedules, discrete_vp_sigmas
@@ -53,7 +56,7 @@ def describe(errors):
             f"{(errors > FLIP).double().mean():>5.1%} {errors.pow(2).mean().sqrt():.4f}")
 
 
-def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,)):
+def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,), changes=None):
     sigma_min, sigma_max = float(SD15[0]), float(SD15[-1])
     schedules = builtin_schedules(sigma_min, sigma_max, "ve", SD15)
     held = start_states(shape, held_out, sigma_max, "ve", seed=10_000)
@@ -68,7 +71,7 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,)):
     print(f"   a plain 32-step teacher against it: mean/median/p95/flips {describe(teacher_errors)}", file=out)
     print(f"{'NFE':>4} {'best built-in pair':<26} {'mean':>6} {'median':>6} {'p95':>6} {'flips':>5} {'RMSE':>6}   "
           f"{'learned':<8} {'mean':>6} {'median':>6} {'p95':>6} {'flips':>5} {'RMSE':>6} {'ratio [90% CI]':>20} "
-          f"{'closer':>6} {'fit':>5}  returned", file=out, flush=True)
+          f"{'closer':>6} {'calls':>13} {'fit':>5}  returned", file=out, flush=True)
 
     def sample(start, sigmas, **options):
         outs = []
@@ -88,7 +91,7 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,)):
         for method, seed in [(method, seed) for method in methods for seed in seeds]:
             began = time.perf_counter()
             solver = distill(model, shape, sigma_min=sigma_min, sigma_max=sigma_max, nfe=[n], method=method,
-                             convention="ve", sigma_table=SD15, seed=seed)
+                             convention="ve", sigma_table=SD15, seed=seed, **(changes or {}))
             seconds = time.perf_counter() - began
             fit = solver.fits[n]
             learned = errors_of(sample(held, fit.sigmas, **solver.sampler_options(n)), reference.final)
@@ -98,10 +101,13 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,)):
             returned = (f"{fit.floor['base']} + {fit.floor['schedule']}" + ("" if fit.method == "builtin"
                                                                              else " + learned"))
             label = method if len(seeds) == 1 else f"{method} s{seed}"
+            made = solver.provenance["cost"]["calls"]
+            calls = f"{made['inference']:,}/{made['gradient']:,}"
             print(f"{n:>4} {best_base + ' + ' + best_grid:<26} {describe(best)}   {label:<8} {describe(learned)} "
-                  f"{ratio:>6.2f} [{low:.2f}, {high:.2f}] {closer:>6.0%} {seconds:>4.0f}s  {returned}",
+                  f"{ratio:>6.2f} [{low:.2f}, {high:.2f}] {closer:>6.0%} {calls:>13} {seconds:>4.0f}s  {returned}",
                   file=out, flush=True)
-            rows[(n, method, seed)] = {"best": best, "learned": learned, "ratio": ratio, "interval": (low, high)}
+            rows[(n, method, seed)] = {"best": best, "learned": learned, "ratio": ratio, "interval": (low, high),
+                                       "calls": made}
     return rows
 
 
@@ -128,10 +134,26 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="fit seeds (FitSettings.seed: the training noises and the fit's own draws); "
                              "several show the spread of one setting from run to run")
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="FitSettings changes for every fit (numbers or words), e.g. iterations=100; the "
+                             "table then no longer shows the node's defaults, and says so")
     args = parser.parse_args(argv)
+    changes = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                continue
+        changes[name] = value
+    FitSettings().replace(**changes).check()  # an unknown name or a bad value ends here, before any work
     torch.manual_seed(0)
+    if changes:
+        print(f"settings changed from the Distill node's defaults: {changes}")
     for name, model, shape in cases(args.model):
-        run(name, model, shape, args.nfe, args.methods, args.held_out, sys.stdout, seeds=args.seeds)
+        run(name, model, shape, args.nfe, args.methods, args.held_out, sys.stdout, seeds=args.seeds, changes=changes)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ best, fit with the chosen method, and keep the fit only where it beats that pair
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -11,11 +12,11 @@ import torch
 from ..version import __version__
 from ..learned_samplers import BASE_SOLVERS, resolve_convention
 from ..schedules import builtin_schedules, uniform
+from .cost import CallCounter, TimeLeft, planned_calls
 from .fit import CAP_FACTOR, StudentParameters, autocast_model, fit_gradient, fit_step_scales, start_noise_scale
 from .scoring import (builtin_pairs, error_summary, mean_error, no_worse_tail, overall_rmse, per_sample_errors,
                       ratio_interval, score_pairs)
 from .settings import FitSettings, SolverSetup
-from ..schedules.grids import grid_coordinate
 from ..schedules.solver import MAX_NFE, FittedSteps, LearnedSolver
 from .teacher import record_teacher, refine_teacher, teacher_grid
 
@@ -72,9 +73,14 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     provenance: extra entries for the result's provenance (e.g. the model's family and CFG).
     sigma_table: a discrete model's ascending sigma table (for its time-uniform schedule);
     schedules: the host's own schedules, name -> (nfe -> sigmas), scored with the built-ins.
-    progress(step, total, loss, held_out) after every teacher batch (loss and held_out NaN) and
-    every iteration, ``total`` counting both; cancel() before every iteration and teacher batch:
-    True (or an exception it raises) stops the fit.
+    progress(step, total, loss, held_out, seconds_left) after every teacher batch (loss and
+    held_out NaN) and every iteration, ``total`` counting both; seconds_left: the estimate of
+    ``cost.TimeLeft`` (NaN until a model call has been timed); cancel() before every iteration
+    and teacher batch: True (or an exception it raises) stops the fit.
+
+    Every model call is counted (``cost.CallCounter``): the provenance's "cost" holds the
+    sample-calls by kind and phase with each phase's seconds, and each fit's ``model_calls``
+    what its NFE cost after the teacher.
 
     Per NFE: every base solver x schedule (only ``settings.base`` / ``init_sigmas`` where they are
     not "auto") is scored on the training samples against the teacher; the fit starts from the
@@ -95,7 +101,9 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         has_weights = isinstance(model, torch.nn.Module) and any(True for _ in model.parameters())
         s = s.replace(use_checkpoint=has_weights or torch.device(device).type != "cpu")
     began = time.perf_counter()
-    call = autocast_model(model, s.dtype)
+    counter = CallCounter(autocast_model(model, s.dtype))
+    call = counter
+    time_left = TimeLeft(counter, checkpoint=bool(s.use_checkpoint))
     candidates_by_name = candidate_schedules(s.init_sigmas, sigma_min, sigma_max, convention, sigma_table, schedules)
     bases = list(BASE_SOLVERS) if s.base == "auto" else [s.base]
     count = s.samples + s.validation
@@ -105,18 +113,33 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         raise ValueError(f"start has {start.shape[0]} samples; it must hold samples + validation = {count}")
     method = s.method
     sigma_range = (float(sigma_min), float(sigma_max))
+    pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, bases, sigma_min, sigma_max, convention) for n in nfes}
+    for n, pairs in pairs_by_nfe.items():
+        if not pairs:
+            raise ValueError(f"no schedule gives a valid {n}-step grid on this model's range")
+        plan = planned_calls(nfe=n, samples=s.samples, validation=s.validation, pairs=len(pairs),
+                             iterations=s.iterations, batch_size=s.batch_size, validate_every=s.validate_every,
+                             checkpoint=bool(s.use_checkpoint), teacher_steps=s.teacher_steps,
+                             gradient_fit=method != "dode", probe=FLOOR_PROBE_SAMPLES, finalists=FLOOR_FINALISTS)
+        for kind, calls in plan.items():
+            time_left.plan(kind, calls)
     iterations_total = len(nfes) if method == "dode" else s.iterations * len(nfes)
     state = {"teacher_total": 3 * -(-count // s.inference_batch_size)}
 
+    def report(step, total, loss, held_out):
+        if progress is not None:
+            progress(step, total, loss, held_out, time_left.seconds())
+
     def teacher_progress(done, total):
         state["teacher_total"] = total
-        if progress is not None:
-            progress(done, total + iterations_total, float("nan"), float("nan"))
+        report(done, total + iterations_total, float("nan"), float("nan"))
 
-    teacher = refine_teacher(call, start, s.teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                             base=s.teacher_base, convention=convention, extra_args=extra_args,
-                             batch_size=s.inference_batch_size, tolerance=s.teacher_tolerance,
-                             progress=teacher_progress, cancel=cancel)
+    with counter.phase("teacher"):
+        teacher = refine_teacher(call, start, s.teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
+                                 base=s.teacher_base, convention=convention, extra_args=extra_args,
+                                 batch_size=s.inference_batch_size, tolerance=s.teacher_tolerance,
+                                 progress=teacher_progress, cancel=cancel,
+                                 plan=lambda calls: time_left.plan("inference", calls))
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
                                  "(and its dtype), or lower the CFG scale")
@@ -132,73 +155,57 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     fits = {}
     for index, n in enumerate(nfes):
         fit_began = time.perf_counter()
+        calls_before = counter.report()["calls"]
         shared = SolverSetup(base=bases[0], convention=convention, corrector=bases[0].startswith("unipc"),
                              sigma_range=sigma_range, extra_args=extra_args, device=device)
-        pairs = builtin_pairs(candidates_by_name, n, bases, sigma_min, sigma_max, convention)
-        if not pairs:
-            raise ValueError(f"no schedule gives a valid {n}-step grid on this model's range")
-        # the floor: every pair ranked by mean error on a few training samples, then the best few
-        # on all training and validation samples (a choice on a few seeds alone is noisy)
-        probe, rest = train[:FLOOR_PROBE_SAMPLES], train[FLOOR_PROBE_SAMPLES:]
-        ranked = score_pairs(call, teacher, probe, pairs, shared, s.inference_batch_size)[:FLOOR_FINALISTS]
-        finalists = []
-        for _, pair_base, pair_name, pair_fit, probe_errors in ranked:
-            pair_setup = SolverSetup(base=pair_base, convention=convention, corrector=bool(pair_fit.corrector),
-                                     sigma_range=sigma_range, extra_args=extra_args, device=device)
-            train_errors = torch.cat([probe_errors, per_sample_errors(call, teacher, rest, pair_fit, pair_setup,
-                                                                      s.inference_batch_size)])
-            held_errors = per_sample_errors(call, teacher, held, pair_fit, pair_setup, s.inference_batch_size)
-            finalists.append((mean_error(torch.cat([train_errors, held_errors])), pair_base, pair_name, pair_fit,
-                              held_errors, pair_setup, train_errors))
-        best_pair = min(finalists, key=lambda item: item[0])
-        _, floor_base, floor_name, floor_fit, floor_errors, setup, floor_train = best_pair
+        pairs = pairs_by_nfe[n]
+        with counter.phase("floor"):
+            floor_base, floor_name, floor_fit, floor_errors, setup, floor_train = _floor(
+                call, teacher, train, held, pairs, shared, s.inference_batch_size)
         floor_fit.method = "builtin"
         plain = FittedSteps(sigmas=floor_fit.sigmas, coordinate=floor_fit.coordinate)
-        candidates = [(mean_error(floor_errors), floor_fit, floor_errors)]
         log = {"losses": [], "validation": [], "rejected": 0}
         cap = CAP_FACTOR * float(floor_train.median()) if len(floor_train) else None
-        gradient = dict(seed=s.seed + n, progress=progress, cancel=cancel, total_steps=total, floor_errors=floor_errors,
+        gradient = dict(seed=s.seed + n, progress=report, cancel=cancel, total_steps=total, floor_errors=floor_errors,
                         loss_cap=cap)
         first_step = teacher_batches + index * s.iterations
-
-        def fitted(fit):
-            errors = per_sample_errors(call, teacher, held, fit, setup, s.inference_batch_size)
-            allowed = no_worse_tail(errors, floor_errors)  # a fit that adds flips is not taken
-            return mean_error(errors) if allowed else math.inf, fit, errors
-
+        with counter.phase("fit"):
+            if method == "dode":
+                states = _teacher_states(call, teacher, train[:s.dode_samples] if s.dode_samples else train,
+                                         floor_fit.sigmas, s, convention, sigma_min, extra_args, device)
+                scales = fit_step_scales(call, states, floor_fit.sigmas, torch.arange(states.start.shape[0]),
+                                         base=floor_base, convention=convention, corrector=setup.corrector,
+                                         extra_args=extra_args, device=device)
+                best = FittedSteps(sigmas=floor_fit.sigmas, coordinate=floor_fit.coordinate, step_scales=scales,
+                                   method="dode")
+            elif method in ("auto", "ld3", "s4s"):
+                learn = {"auto": {"grid", "coefficients", "step_scales"} | offsets, "ld3": {"grid"} | offsets,
+                         "s4s": {"coefficients"}}[method]
+                best, _, _, log = fit_gradient(call, teacher, plain, learn, train, held, setup, s, method=method,
+                                               iterations=s.iterations, step_offset=first_step, **gradient)
+            else:  # s4s_alt: each block starts from the previous block's best
+                params = StudentParameters(plain, convention, s.history, setup.corrector, sigma_min)
+                blocks = [{"coefficients"}, {"grid"} | offsets]
+                done, learned = 0, set()
+                chunk = max(1, s.iterations // (2 * s.rounds))
+                for round_index in range(2 * s.rounds):
+                    block = blocks[round_index % 2]
+                    learned |= block
+                    length = chunk if round_index < 2 * s.rounds - 1 else s.iterations - done
+                    best, _, params, part = fit_gradient(call, teacher, plain, block, train, held, setup, s,
+                                                         method="s4s_alt", iterations=length, params=params,
+                                                         keep=set(learned), step_offset=first_step + done, **gradient)
+                    done += length
+                    log["losses"] += part["losses"]
+                    log["validation"] += part["validation"]
+                    log["rejected"] += part["rejected"]
+        with counter.phase("selection"):
+            errors = per_sample_errors(call, teacher, held, best, setup, s.inference_batch_size)
+        # a fit that adds flips is not taken; ties keep the built-in pair
+        fitted_score = mean_error(errors) if no_worse_tail(errors, floor_errors) else math.inf
+        candidates = [(mean_error(floor_errors), floor_fit, floor_errors), (fitted_score, best, errors)]
         if method == "dode":
-            states = _teacher_states(call, teacher, train[:s.dode_samples] if s.dode_samples else train,
-                                     floor_fit.sigmas, s, convention, sigma_min, extra_args, device)
-            scales = fit_step_scales(call, states, floor_fit.sigmas, torch.arange(states.start.shape[0]),
-                                     base=floor_base, convention=convention, corrector=setup.corrector,
-                                     extra_args=extra_args, device=device)
-            candidates.append(fitted(FittedSteps(sigmas=floor_fit.sigmas, coordinate=floor_fit.coordinate,
-                                                 step_scales=scales, method="dode")))
-            if progress is not None:
-                progress(teacher_batches + index + 1, total, float("nan"), overall_rmse(candidates[-1][2]))
-        elif method in ("auto", "ld3", "s4s"):
-            learn = {"auto": {"grid", "coefficients", "step_scales"} | offsets, "ld3": {"grid"} | offsets,
-                     "s4s": {"coefficients"}}[method]
-            best, _, _, log = fit_gradient(call, teacher, plain, learn, train, held, setup, s, method=method,
-                                           iterations=s.iterations, step_offset=first_step, **gradient)
-            candidates.append(fitted(best))
-        elif method == "s4s_alt":
-            params = StudentParameters(plain, convention, s.history, setup.corrector, sigma_min)
-            blocks = [{"coefficients"}, {"grid"} | offsets]
-            done, learned = 0, set()
-            chunk = max(1, s.iterations // (2 * s.rounds))
-            for round_index in range(2 * s.rounds):
-                block = blocks[round_index % 2]
-                learned |= block
-                length = chunk if round_index < 2 * s.rounds - 1 else s.iterations - done
-                best, _, params, part = fit_gradient(call, teacher, plain, block, train, held, setup, s,
-                                                     method="s4s_alt", iterations=length, params=params,
-                                                     keep=set(learned), step_offset=first_step + done, **gradient)
-                done += length
-                log["losses"] += part["losses"]
-                log["validation"] += part["validation"]
-                log["rejected"] += part["rejected"]
-            candidates.append(fitted(best))  # each block starts from the previous block's best
+            report(teacher_batches + index + 1, total, float("nan"), overall_rmse(errors))
         score, chosen, errors = min(candidates, key=lambda c: c[0])  # ties keep the built-in pair
         chosen.base, chosen.corrector = floor_base, setup.corrector
         chosen.held_out_rmse = overall_rmse(errors)
@@ -211,6 +218,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         chosen.losses = log["losses"]
         chosen.validation = log["validation"]
         chosen.rejected_steps = log["rejected"]
+        chosen.model_calls = counter.since(calls_before)
         fits[n] = chosen
     provenance = {
         "teacher": teacher.report(),
@@ -223,11 +231,29 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         "shape": list(shape),
         "seconds": round(time.perf_counter() - began, 3),
         "package_version": __version__,
+        "cost": {**counter.report(), "planned": dict(time_left.planned)},
         **(provenance or {}),
     }
     first = fits[nfes[0]]
     return LearnedSolver(base=first.base, convention=convention, corrector=first.corrector, method=method,
                          sigma_range=sigma_range, fits=fits, provenance=provenance)
+
+
+def _floor(call, teacher, train, held, pairs, shared: SolverSetup, batch_size: int) -> tuple:
+    """The best built-in pair: every pair ranked by mean error on ``FLOOR_PROBE_SAMPLES`` training
+    samples, then the best ``FLOOR_FINALISTS`` on all training and validation samples (a choice
+    on a few seeds alone is noisy). Returns (base, schedule name, its FittedSteps, its validation
+    errors, its SolverSetup, its training errors)."""
+    probe, rest = train[:FLOOR_PROBE_SAMPLES], train[FLOOR_PROBE_SAMPLES:]
+    ranked = score_pairs(call, teacher, probe, pairs, shared, batch_size)[:FLOOR_FINALISTS]
+    finalists = []
+    for _, pair_base, pair_name, pair_fit, probe_errors in ranked:
+        pair_setup = dataclasses.replace(shared, base=pair_base, corrector=bool(pair_fit.corrector))
+        train_errors = torch.cat([probe_errors, per_sample_errors(call, teacher, rest, pair_fit, pair_setup, batch_size)])
+        held_errors = per_sample_errors(call, teacher, held, pair_fit, pair_setup, batch_size)
+        finalists.append((mean_error(torch.cat([train_errors, held_errors])), pair_base, pair_name, pair_fit,
+                          held_errors, pair_setup, train_errors))
+    return min(finalists, key=lambda item: item[0])[1:]
 
 
 def _teacher_states(call, teacher, indices, sigmas, s: FitSettings, convention, sigma_min, extra_args, device):

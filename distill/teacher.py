@@ -212,13 +212,15 @@ class RefinedTeacher(TeacherRecord):
 def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, sigma_max: float,
                    base: str = "dpmpp_3m", convention: str = "auto", extra_args=None, batch_size: int | None = None,
                    tolerance: float = TEACHER_TOLERANCE, max_steps: int = MAX_TEACHER_STEPS, progress=None,
-                   cancel=None) -> RefinedTeacher:
+                   cancel=None, plan=None) -> RefinedTeacher:
     """An accurate teacher for ``start`` [M, ...] (states at ``sigma_max``): see ``RefinedTeacher``.
 
     steps: the teacher's own step count (at least 4); the check level runs ``steps // 2``. Every
     level's grid is ``teacher_grid`` from sigma_max down to ``sigma_min`` and a final 0, spread
     uniformly in half-log-SNR. progress(done_batches, total_batches) after every batch (the total
-    grows when samples are refined); cancel() before every batch, as in ``record_teacher``.
+    grows when samples are refined); cancel() before every batch, as in ``record_teacher``;
+    plan(sample_calls) with the model calls still to come: both first levels at the start, each
+    refinement level when it is decided.
     """
     if steps < 4:
         raise ValueError(f"the teacher needs at least 4 steps; got {steps}")
@@ -245,6 +247,9 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
         return record.final, len(grid) - 1
 
     everyone = torch.arange(count)
+    calls = lambda samples, n: samples * (len(teacher_grid(ends, n, convention, sigma_min)) - 1)  # noqa: E731
+    if plan is not None:
+        plan(calls(count, max(2, steps // 2)) + calls(count, steps))
     coarse, _ = level(everyone, max(2, steps // 2))
     final, used = level(everyone, steps)
     sample_steps = torch.full((count,), used, dtype=torch.long)
@@ -255,6 +260,8 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     while len(unsettled) and 2 * level_steps <= max_steps:
         level_steps *= 2
         done["total"] += batches(len(unsettled))
+        if plan is not None:
+            plan(calls(len(unsettled), level_steps))
         finer, used = level(unsettled, level_steps)
         residuals[unsettled] = (finer.double() - final[unsettled].double()).flatten(1).pow(2).mean(1).sqrt()
         final[unsettled] = finer

@@ -55,7 +55,7 @@ MIN_SIGMA = 1e-6
 PROBE_LIMIT = 1e3
 COORDINATE_TOLERANCE = 1e-6  # |u - grid_coordinate(sigmas)|: u is derived, so it must agree
 OPTIONAL_METADATA = ("model_family", "prediction", "shift", "fingerprint", "cfg", "resolution", "teacher_residual",
-                     "author", "description", "license", "package_version")
+                     "model_calls", "author", "description", "license", "package_version")
 # what describes a solver, in reading order (inspect, the Hub card): required, then optional keys
 DESCRIPTION_KEYS = ("method", "base", "convention", "corrector", "nfes", "sigma_min", "sigma_max") + OPTIONAL_METADATA
 EXTENSION = ".safetensors"
@@ -97,6 +97,8 @@ def solver_metadata(solver, extra: dict | None = None) -> dict:
             info["corrector"] = bool(f.corrector)
         if f.held_out:
             info["held_out"] = {k: _finite_or_none(v) for k, v in f.held_out.items()}
+        if f.model_calls:
+            info["model_calls"] = {k: int(v) for k, v in f.model_calls.items()}
         if f.floor:
             info["floor"] = {k: (_finite_or_none(v) if isinstance(v, (int, float)) else str(v))
                              for k, v in f.floor.items()}
@@ -117,7 +119,8 @@ def solver_metadata(solver, extra: dict | None = None) -> dict:
     }
     model = provenance.get("model", {}) if isinstance(provenance.get("model"), dict) else {}
     teacher = provenance.get("teacher", {}) if isinstance(provenance.get("teacher"), dict) else {}
-    model = {**model, "teacher_residual": teacher.get("residual")}
+    cost = provenance.get("cost", {}) if isinstance(provenance.get("cost"), dict) else {}
+    model = {**model, "teacher_residual": teacher.get("residual"), "model_calls": cost.get("calls")}
     for key in OPTIONAL_METADATA:
         value = (extra or {}).get(key, model.get(key, provenance.get(key)))
         if value is not None and value != "":
@@ -338,6 +341,7 @@ def _solver_from_bytes(blob: bytes, path):
             **present, method=str(info.get("method", metadata.get("method", "learned"))),
             base=own_base, corrector=own_corrector, held_out=_numbers(info.get("held_out")),
             floor=_numbers(info.get("floor"), keep_text=True),
+            model_calls={k: int(v) for k, v in _numbers(info.get("model_calls")).items()},
             held_out_rmse=_number(info.get("held_out_rmse")), base_held_out_rmse=_number(info.get("base_held_out_rmse")),
             fit_seconds=_number(info.get("fit_seconds"), 0.0), rejected_steps=int(_number(info.get("rejected_steps"), 0)))
     unknown = set(tensors) - expected

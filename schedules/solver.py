@@ -39,7 +39,9 @@ class FittedSteps:
     fit's own base solver and corrector when they differ from the solver's (None: the solver's),
     as when each NFE starts from its own best built-in pair. held_out: per-sample error summary
     on the validation seeds (``distill.scoring.error_summary``); floor: the best built-in pair
-    it was measured against ({"base", "schedule", and its summary}).
+    it was measured against ({"base", "schedule", and its summary}). model_calls: what this
+    NFE's fit cost, in sample-calls by kind ({"inference", "gradient", "backward"}, see
+    ``distill.cost``; the teacher's are the solver's provenance).
     """
 
     sigmas: torch.Tensor
@@ -59,6 +61,7 @@ class FittedSteps:
     corrector: bool | None = None
     held_out: dict = field(default_factory=dict)
     floor: dict = field(default_factory=dict)
+    model_calls: dict = field(default_factory=dict)
 
     @property
     def nfe(self) -> int:
@@ -234,6 +237,8 @@ class LearnedSolver:
                              f"90% interval {held.get('ratio_low', float('nan')):.2f}..{held.get('ratio_high', float('nan')):.2f}")
             if fit.method == "builtin":
                 lines.append(f"     no learned solver beat {pair} here, so this NFE is that pair as it is")
+            if fit.model_calls:
+                lines.append(f"     fit: {calls_text(fit.model_calls)}, {fit.fit_seconds:.0f} s")
         teacher = self.provenance.get("teacher") if isinstance(self.provenance.get("teacher"), dict) else {}
         if teacher.get("residual") is not None:
             note = f"teacher: {teacher.get('base', '?')}, {teacher.get('steps', '?')} steps"
@@ -243,7 +248,19 @@ class LearnedSolver:
             if teacher.get("excluded"):
                 note += f"; {teacher['excluded']} samples left out (the teacher did not settle on them)"
             lines.append(note)
+        cost = self.provenance.get("cost") if isinstance(self.provenance.get("cost"), dict) else {}
+        if isinstance(cost.get("calls"), dict):
+            lines.append(f"in all: {calls_text(cost['calls'])}, {float(self.provenance.get('seconds', 0)):.0f} s")
         return "\n".join(lines)
+
+
+def calls_text(calls: dict) -> str:
+    """"5,120 model calls without gradients, 1,600 with (800 backward)" from {kind: sample-calls}."""
+    inference, gradient, backward = (int(calls.get(k, 0) or 0) for k in ("inference", "gradient", "backward"))
+    text = f"{inference:,} model calls without gradients"
+    if gradient:
+        text += f", {gradient:,} with ({backward:,} backward)"
+    return text
 
 
 def _same_range(a, b, rtol=1e-4) -> bool:

@@ -62,16 +62,18 @@ def test_progress_written_to_a_file_is_lines_without_nan_or_carriage_returns():
     out = io.StringIO()
     progress = cli.Progress(out)
     nan = float("nan")
-    for step in range(1, 4):
-        progress(step, 23, nan, nan)  # teacher batches
+    progress(1, 23, nan, nan, nan)  # no model call timed yet: no estimate
+    for step in range(2, 4):
+        progress(step, 23, nan, nan, 100.0)  # teacher batches
     for step in range(4, 24):
-        progress(step, 23, 0.5 / step, 0.1)
+        progress(step, 23, 0.5 / step, 0.1, 5.0 * (23 - step))
     text = out.getvalue()
     assert "\r" not in text and "nan" not in text.lower()
     lines = text.splitlines()
     assert lines[0].startswith("  teacher run: batch 1")
     assert 3 <= len(lines) <= 13 and lines[-1].startswith("  fitting 23/23")
-    assert "s left" in next(line for line in lines if line.startswith("  fitting"))
+    assert "left" not in lines[0]  # nothing timed yet: no guess
+    assert "about 2 min left" in next(line for line in lines if line.startswith("  fitting"))  # 95 s, rounded
 
 
 def test_a_schedule_keeps_its_colour_in_every_picture():

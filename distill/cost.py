@@ -1,0 +1,192 @@
+"""What a fit costs: its model calls by kind and phase, the wall time of each phase, and the
+time it still needs.
+
+A *sample-call* is one sample through the model once: a batch of 8 is 8 sample-calls, and
+with CFG each is a cond/uncond pair. Three kinds are counted:
+
+* ``inference``: calls without gradients (the teacher, scoring the built-in pairs, validation);
+  they run ``inference_batch_size`` samples at a time, several times cheaper per sample on a GPU;
+* ``gradient``: calls recorded for backward: the forward of the unrolled student and, with
+  checkpointing, its recomputation during backward;
+* ``backward``: backward passes through a call's output (about two forwards each).
+
+The phases are ``teacher``, ``floor`` (scoring every base solver x schedule), ``fit`` (the
+gradient steps and their validation runs) and ``selection`` (scoring the fitted candidates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import torch
+
+PHASES = ("teacher", "floor", "fit", "selection")
+KINDS = ("inference", "gradient", "backward")
+# before the first gradient step is timed: a counted gradient call costs this many inference
+# calls (a forward, a backward of about two, and with checkpointing the recomputation, which is
+# itself counted: (1 + 2) / 1 without, (1 + 1 + 2) / 2 with)
+GRADIENT_CALL_COST = {False: 3.0, True: 2.0}
+
+
+def _in_backward() -> bool:
+    """True inside a backward pass (a checkpointed call being recomputed)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() >= 0
+
+
+class CallCounter:
+    """A denoiser ``model(x, sigma, **kwargs)`` that counts its sample-calls by kind and phase.
+
+    ``with counter.phase("teacher"): ...`` attributes the calls inside to that phase and adds
+    its wall time; ``report()`` gives both. Attributes of the wrapped model (for example its
+    ``sigma_convention``) read through.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.calls = {phase: dict.fromkeys(KINDS, 0) for phase in PHASES}
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.current = None
+        self._began = 0.0
+
+    def __getattr__(self, name):
+        if name == "model":  # not yet set (copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def _add(self, kind: str, samples: int):
+        self.calls[self.current or "fit"][kind] += samples
+
+    def __call__(self, x, sigma, **kwargs):
+        samples = int(x.shape[0])
+        recording = torch.is_grad_enabled()
+        self._add("gradient" if recording else "inference", samples)
+        out = self.model(x, sigma, **kwargs)
+        if recording and out.requires_grad and not _in_backward():
+            out.register_hook(lambda grad, phase=self.current: self._count_backward(phase, samples, grad))
+        return out
+
+    def _count_backward(self, phase, samples, grad):
+        self.calls[phase or "fit"]["backward"] += samples
+        return grad
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if name not in PHASES:
+            raise ValueError(f"unknown phase {name!r}; the phases are {', '.join(PHASES)}")
+        if self.current is not None:
+            raise RuntimeError(f"phase {name!r} started inside phase {self.current!r}")
+        self.current, self._began = name, time.perf_counter()
+        try:
+            yield self
+        finally:
+            self.seconds[name] += time.perf_counter() - self._began
+            self.current = None
+
+    def elapsed(self, name: str) -> float:
+        """Seconds spent in phase ``name`` so far, the running one included."""
+        running = time.perf_counter() - self._began if self.current == name else 0.0
+        return self.seconds[name] + running
+
+    def total(self, kind: str) -> int:
+        return sum(calls[kind] for calls in self.calls.values())
+
+    def report(self) -> dict:
+        """{"calls": {kind: total}, "phases": {phase: {kind: calls, "seconds": s}}} (phases with work)."""
+        phases = {phase: {**{k: v for k, v in self.calls[phase].items() if v}, "seconds": round(self.seconds[phase], 3)}
+                  for phase in PHASES if any(self.calls[phase].values()) or self.seconds[phase] > 0}
+        return {"calls": {kind: self.total(kind) for kind in KINDS}, "phases": phases}
+
+    def since(self, mark: dict) -> dict:
+        """The calls by kind since ``mark`` (an earlier ``report()["calls"]``)."""
+        return {kind: self.total(kind) - mark.get(kind, 0) for kind in KINDS}
+
+
+def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterations: int, batch_size: int,
+                  validate_every: int, checkpoint: bool, teacher_steps: int, gradient_fit: bool = True,
+                  probe: int = 8, finalists: int = 6) -> dict:
+    """The sample-calls one NFE's fit is planned to make after the teacher: {kind: calls}.
+
+    floor: every pair on ``probe`` training samples, the best ``finalists`` on all the others;
+    fit: ``iterations`` x ``batch_size`` unrolled runs of ``nfe`` calls (twice with
+    ``checkpoint``, once backward), validation every ``validate_every`` iterations and at the
+    start and end; selection: the fitted candidate on the validation samples once more. D-ODE
+    (``gradient_fit`` False) instead runs the teacher again on the training samples (about
+    ``teacher_steps`` calls, keeping its states on the floor's grid) and the student once.
+    """
+    count = samples + validation
+    floor = nfe * (pairs * min(probe, samples) + min(finalists, pairs) * (count - min(probe, samples)))
+    if not gradient_fit:  # D-ODE: a teacher run of the training samples on the floor's grid, one solve
+        return {"inference": floor + samples * (teacher_steps + nfe) + validation * nfe, "gradient": 0, "backward": 0}
+    runs = iterations * batch_size * nfe
+    validations = 1 + math.ceil(iterations / validate_every)
+    inference = floor + (validations + 1) * validation * nfe
+    return {"inference": inference, "gradient": runs * (2 if checkpoint else 1), "backward": runs}
+
+
+class TimeLeft:
+    """An estimate of the seconds a fit still needs, from its plan and its own measured pace.
+
+    plan(kind, calls) adds planned sample-calls; the counter says how many were made. The pace
+    of an inference call is measured over the teacher and floor phases, that of a gradient call
+    over the fit phase (less its validation runs); until a gradient step has been timed it is
+    ``GRADIENT_CALL_COST`` inference calls.
+    """
+
+    def __init__(self, counter: CallCounter, checkpoint: bool):
+        self.counter = counter
+        self.planned = dict.fromkeys(KINDS, 0)
+        self.checkpoint = checkpoint
+
+    def plan(self, kind: str, calls: int):
+        self.planned[kind] += int(calls)
+
+    def pace(self) -> tuple:
+        """(seconds per inference call, seconds per gradient call), or None where not measured yet."""
+        c = self.counter
+        inference_calls = c.calls["teacher"]["inference"] + c.calls["floor"]["inference"]
+        inference = (c.elapsed("teacher") + c.elapsed("floor")) / inference_calls if inference_calls else None
+        gradient_calls = c.calls["fit"]["gradient"]
+        gradient = None
+        if gradient_calls and inference is not None:
+            own = c.elapsed("fit") - inference * c.calls["fit"]["inference"]
+            if own > 0:
+                gradient = own / gradient_calls
+        if gradient is None and inference is not None:
+            gradient = inference * GRADIENT_CALL_COST[self.checkpoint]
+        return inference, gradient
+
+    def seconds(self) -> float:
+        """Seconds left (NaN until an inference call has been timed)."""
+        inference, gradient = self.pace()
+        if inference is None:
+            return float("nan")
+        left = {kind: max(0, self.planned[kind] - self.counter.total(kind)) for kind in KINDS}
+        return left["inference"] * inference + left["gradient"] * gradient
+
+
+def duration(seconds: float) -> str:
+    """A rounded human duration: "about 40 s", "about 4 min", "about 1 h 10 min"."""
+    if not math.isfinite(seconds):
+        return "estimating time left"
+    if seconds < 90:
+        return f"about {max(5, 5 * round(seconds / 5)):.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"about {minutes} min"
+    return f"about {minutes // 60} h {minutes % 60:02d} min"
+
+
+def progress_text(step: int, total: int, loss: float, held_out: float, seconds_left: float) -> str:
+    """One line for a fit's ``progress`` report: "teacher run 3/40, about 4 min left" or
+    "fitting 120/240, held-out RMSE 0.0312, about 2 min left" (no estimate at the end)."""
+    if loss != loss and held_out != held_out:  # NaN, NaN: a teacher batch
+        text = f"teacher run {step}/{total}"
+    else:
+        text = f"fitting {step}/{total}, held-out RMSE {held_out:.4f}"
+    return text + (f", {duration(seconds_left)} left" if step < total else "")
+
+
+__all__ = ["CallCounter", "KINDS", "PHASES", "TimeLeft", "duration", "planned_calls", "progress_text"]
