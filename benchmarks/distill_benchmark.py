@@ -26,7 +26,9 @@ metric of earlier versions of this table). The ratio is mean(learned) / mean(bes
 with a 90 % bootstrap interval; "closer": the share of seeds where the learned solver is
 closer to the reference than the best pair; "calls": the fit's model calls per sample, without
 gradients (teacher, scoring the built-ins, validation) / with gradients (forward and
-recomputation; ``distill.cost``), and "fit" its wall time.
+recomputation; ``distill.cost``), and "fit" its wall time. "returned": the floor pair when no fit
+beat it, "<base> + trajectory" for the grid read off the teacher's trajectories, else the pair
+the fit started from + learned.
 """
 
 from __future__ import annotations
@@ -98,8 +100,10 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,), 
             low, high = ratio_interval(learned, best)
             ratio = float(learned.mean() / best.mean())
             closer = float((learned < best).double().mean())
-            returned = (f"{fit.floor['base']} + {fit.floor['schedule']}" + ("" if fit.method == "builtin"
-                                                                             else " + learned"))
+            start = fit.start or fit.floor
+            returned = {"builtin": f"{fit.floor['base']} + {fit.floor['schedule']}",
+                        "trajectory": f"{fit.base} + trajectory"}.get(
+                fit.method, f"{start['base']} + {start['schedule']} + learned")
             label = method if len(seeds) == 1 else f"{method} s{seed}"
             made = solver.provenance["cost"]["calls"]
             calls = f"{made['inference']:,}/{made['gradient']:,}"

@@ -1,5 +1,7 @@
-"""``distill``: an accurate teacher once, then per NFE: score the built-in pairs, start from the
-best, fit with the chosen method, and keep the fit only where it beats that pair."""
+"""``distill``: an accurate teacher once (which also reads a grid off its own trajectories,
+``trajectory``), then per NFE: score the built-in pairs and the trajectory grid's, start from
+the best, fit with the chosen method, and keep the fit only where it beats the best built-in
+pair."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from .scoring import (builtin_pairs, error_summary, mean_error, no_worse_tail, o
 from .settings import FitSettings, SolverSetup
 from ..schedules.solver import MAX_NFE, FittedSteps, LearnedSolver
 from .teacher import record_teacher, refine_teacher, teacher_grid
+from .trajectory import StepCosts
 
 def start_states(shape, count: int, sigma_max: float, convention: str, seed: int, device="cpu",
                  dtype=torch.float32) -> torch.Tensor:
@@ -83,10 +86,11 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     what its NFE cost after the teacher.
 
     Per NFE: every base solver x schedule (only ``settings.base`` / ``init_sigmas`` where they are
-    not "auto") is scored on the training samples against the teacher; the fit starts from the
-    best pair, and on the validation samples (by ``scoring.mean_error``) the result is never
-    worse than that pair: where the fit does not beat it, the result *is* the pair (method
-    "builtin", no corrections).
+    not "auto"; with "auto" also the grid read off the teacher's trajectories,
+    ``trajectory.StepCosts``) is scored on the training samples against the teacher; the fit
+    starts from the best pair, and on the validation samples (by ``scoring.mean_error``) the
+    result is never worse than the best built-in pair (the floor): where neither the fit nor the
+    trajectory pair beats it, the result *is* the floor (method "builtin", no corrections).
     """
     s = (settings or FitSettings()).replace(**changes).check()
     nfes = sorted({int(n) for n in ([nfe] if isinstance(nfe, int) else nfe)})
@@ -114,13 +118,18 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     method = s.method
     sigma_range = (float(sigma_min), float(sigma_max))
     pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, bases, sigma_min, sigma_max, convention) for n in nfes}
+    # with init_sigmas "auto" the teacher's trajectories also give a start: its grid is scored
+    # with each base as one more candidate (never as the floor)
+    step_costs = StepCosts(torch.arange(count) < s.samples) if s.init_sigmas == "auto" else None
     for n, pairs in pairs_by_nfe.items():
         if not pairs:
             raise ValueError(f"no schedule gives a valid {n}-step grid on this model's range")
-        plan = planned_calls(nfe=n, samples=s.samples, validation=s.validation, pairs=len(pairs),
+        starts = len(bases) if step_costs is not None else 0
+        plan = planned_calls(nfe=n, samples=s.samples, validation=s.validation, pairs=len(pairs) + starts,
                              iterations=s.iterations, batch_size=s.batch_size, validate_every=s.validate_every,
                              checkpoint=bool(s.use_checkpoint), teacher_steps=s.teacher_steps,
-                             gradient_fit=method != "dode", probe=FLOOR_PROBE_SAMPLES, finalists=FLOOR_FINALISTS)
+                             gradient_fit=method != "dode", probe=FLOOR_PROBE_SAMPLES,
+                             finalists=FLOOR_FINALISTS + (1 if starts else 0))
         for kind, calls in plan.items():
             time_left.plan(kind, calls)
     iterations_total = len(nfes) if method == "dode" else s.iterations * len(nfes)
@@ -139,7 +148,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                                  base=s.teacher_base, convention=convention, extra_args=extra_args,
                                  batch_size=s.inference_batch_size, tolerance=s.teacher_tolerance,
                                  progress=teacher_progress, cancel=cancel,
-                                 plan=lambda calls: time_left.plan("inference", calls))
+                                 plan=lambda calls: time_left.plan("inference", calls), trace=step_costs)
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
                                  "(and its dtype), or lower the CFG scale")
@@ -159,24 +168,27 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         shared = SolverSetup(base=bases[0], convention=convention, corrector=bases[0].startswith("unipc"),
                              sigma_range=sigma_range, extra_args=extra_args, device=device)
         pairs = pairs_by_nfe[n]
+        own = (builtin_pairs({"trajectory": step_costs.grid}, n, bases, sigma_min, sigma_max, convention)
+               if step_costs is not None else [])
         with counter.phase("floor"):
-            floor_base, floor_name, floor_fit, floor_errors, setup, floor_train = _floor(
-                call, teacher, train, held, pairs, shared, s.inference_batch_size)
+            floor, start = _floor(call, teacher, train, held, pairs, own, shared, s.inference_batch_size)
+        floor_base, floor_name, floor_fit, floor_errors, floor_setup, floor_train = floor
+        start_base, start_name, start_fit, start_errors, setup, start_train = start
         floor_fit.method = "builtin"
-        plain = FittedSteps(sigmas=floor_fit.sigmas, coordinate=floor_fit.coordinate)
+        plain = FittedSteps(sigmas=start_fit.sigmas, coordinate=start_fit.coordinate)
         log = {"losses": [], "validation": [], "rejected": 0}
-        cap = CAP_FACTOR * float(floor_train.median()) if len(floor_train) else None
+        cap = CAP_FACTOR * float(start_train.median()) if len(start_train) else None
         gradient = dict(seed=s.seed + n, progress=report, cancel=cancel, total_steps=total, floor_errors=floor_errors,
                         loss_cap=cap)
         first_step = teacher_batches + index * s.iterations
         with counter.phase("fit"):
             if method == "dode":
                 states = _teacher_states(call, teacher, train[:s.dode_samples] if s.dode_samples else train,
-                                         floor_fit.sigmas, s, convention, sigma_min, extra_args, device)
-                scales = fit_step_scales(call, states, floor_fit.sigmas, torch.arange(states.start.shape[0]),
-                                         base=floor_base, convention=convention, corrector=setup.corrector,
+                                         start_fit.sigmas, s, convention, sigma_min, extra_args, device)
+                scales = fit_step_scales(call, states, start_fit.sigmas, torch.arange(states.start.shape[0]),
+                                         base=start_base, convention=convention, corrector=setup.corrector,
                                          extra_args=extra_args, device=device)
-                best = FittedSteps(sigmas=floor_fit.sigmas, coordinate=floor_fit.coordinate, step_scales=scales,
+                best = FittedSteps(sigmas=start_fit.sigmas, coordinate=start_fit.coordinate, step_scales=scales,
                                    method="dode")
             elif method in ("auto", "ld3", "s4s"):
                 learn = {"auto": {"grid", "coefficients", "step_scales"} | offsets, "ld3": {"grid"} | offsets,
@@ -203,17 +215,23 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
             errors = per_sample_errors(call, teacher, held, best, setup, s.inference_batch_size)
         # a fit that adds flips is not taken; ties keep the built-in pair
         fitted_score = mean_error(errors) if no_worse_tail(errors, floor_errors) else math.inf
-        candidates = [(mean_error(floor_errors), floor_fit, floor_errors), (fitted_score, best, errors)]
+        candidates = [(mean_error(floor_errors), floor_fit, floor_errors, floor_setup)]
+        if start_fit is not floor_fit:  # the teacher's own grid with the plain base: kept where it adds no flips
+            start_fit.method = "trajectory"
+            allowed = no_worse_tail(start_errors, floor_errors)
+            candidates.append((mean_error(start_errors) if allowed else math.inf, start_fit, start_errors, setup))
+        candidates.append((fitted_score, best, errors, setup))
         if method == "dode":
             report(teacher_batches + index + 1, total, float("nan"), overall_rmse(errors))
-        score, chosen, errors = min(candidates, key=lambda c: c[0])  # ties keep the built-in pair
-        chosen.base, chosen.corrector = floor_base, setup.corrector
+        score, chosen, errors, chosen_setup = min(candidates, key=lambda c: c[0])  # ties keep the built-in pair
+        chosen.base, chosen.corrector = chosen_setup.base, chosen_setup.corrector
         chosen.held_out_rmse = overall_rmse(errors)
         chosen.base_held_out_rmse = overall_rmse(floor_errors)
         low, high = ratio_interval(errors, floor_errors)
         chosen.held_out = {**error_summary(errors), "closer": float((errors < floor_errors).double().mean()),
                            "ratio_low": low, "ratio_high": high}
         chosen.floor = {"base": floor_base, "schedule": floor_name, **error_summary(floor_errors)}
+        chosen.start = {"base": start_base, "schedule": start_name}
         chosen.fit_seconds = time.perf_counter() - fit_began
         chosen.losses = log["losses"]
         chosen.validation = log["validation"]
@@ -239,21 +257,28 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                          sigma_range=sigma_range, fits=fits, provenance=provenance)
 
 
-def _floor(call, teacher, train, held, pairs, shared: SolverSetup, batch_size: int) -> tuple:
-    """The best built-in pair: every pair ranked by mean error on ``FLOOR_PROBE_SAMPLES`` training
-    samples, then the best ``FLOOR_FINALISTS`` on all training and validation samples (a choice
-    on a few seeds alone is noisy). Returns (base, schedule name, its FittedSteps, its validation
-    errors, its SolverSetup, its training errors)."""
+def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_size: int) -> tuple:
+    """(the floor, the start): the best built-in pair and the pair the fit starts from.
+
+    Every pair, the built-in ones (``pairs``) and the teacher-trajectory ones (``own``), is
+    ranked by mean error on ``FLOOR_PROBE_SAMPLES`` training samples; the best
+    ``FLOOR_FINALISTS`` built-in ones and the best own one then on all training and validation
+    samples (a choice on a few seeds alone is noisy). The floor is the best built-in finalist,
+    the start the best finalist of all. Each is (base, schedule name, its FittedSteps, its
+    validation errors, its SolverSetup, its training errors)."""
     probe, rest = train[:FLOOR_PROBE_SAMPLES], train[FLOOR_PROBE_SAMPLES:]
     ranked = score_pairs(call, teacher, probe, pairs, shared, batch_size)[:FLOOR_FINALISTS]
+    ranked_own = score_pairs(call, teacher, probe, own, shared, batch_size)[:1] if own else []
     finalists = []
-    for _, pair_base, pair_name, pair_fit, probe_errors in ranked:
+    for _, pair_base, pair_name, pair_fit, probe_errors in ranked + ranked_own:
         pair_setup = dataclasses.replace(shared, base=pair_base, corrector=bool(pair_fit.corrector))
         train_errors = torch.cat([probe_errors, per_sample_errors(call, teacher, rest, pair_fit, pair_setup, batch_size)])
         held_errors = per_sample_errors(call, teacher, held, pair_fit, pair_setup, batch_size)
         finalists.append((mean_error(torch.cat([train_errors, held_errors])), pair_base, pair_name, pair_fit,
                           held_errors, pair_setup, train_errors))
-    return min(finalists, key=lambda item: item[0])[1:]
+    floor = min(finalists[:len(ranked)], key=lambda item: item[0])
+    start = min(finalists, key=lambda item: item[0])  # the floor where they tie
+    return floor[1:], start[1:]
 
 
 def _teacher_states(call, teacher, indices, sigmas, s: FitSettings, convention, sigma_min, extra_args, device):

@@ -108,13 +108,14 @@ def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | 
 def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "dpmpp_3m",
                    convention: str = "auto", extra_args=None, batch_size: int | None = None,
                    max_state_bytes: int | None = 2 ** 31, dtype=None, progress=None,
-                   cancel=None) -> TeacherRecord:
+                   cancel=None, trace=None) -> TeacherRecord:
     """Run the teacher solver from ``start`` [M, ...] over ``sigmas`` and keep states at ``keep``.
 
     batch_size: samples per solver run (all at once by default). max_state_bytes: refuse to keep
     more than this many bytes of states (the states live on the CPU). dtype: autocast dtype for
     model calls (None: the model's own). progress(done, total) after each batch; cancel() before
-    each batch, stopping the run when it returns True or raises.
+    each batch, stopping the run when it returns True or raises. trace: a
+    ``trajectory.StepCosts`` that sees every state and denoised value of the run.
     """
     from .fit import FitCancelled, autocast_model
 
@@ -138,6 +139,8 @@ def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "
         )
     batch_size = batch_size or count
     states = torch.empty((len(keep_idx),) + tuple(start.shape), dtype=torch.float32)
+    if trace is not None:
+        trace.start(len(sigmas))
     finals = []
     call = autocast_model(model, dtype)
     began = time.perf_counter()
@@ -152,10 +155,14 @@ def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "
             slot = where.get(info["i"])
             if slot is not None:
                 states[slot, chunk] = info["x"].detach().float().cpu()
+            if trace is not None:
+                trace.on_step(chunk, info["i"], float(sigmas[info["i"]]), info["x"], info["denoised"])
 
         with torch.no_grad():
             out = sample_learned(call, start[chunk], grid, extra_args, capture, True, base=base,
                                  convention=convention)
+        if trace is not None:
+            trace.on_step(chunk, len(grid) - 1, 0.0, out, None)
         finals.append(out.detach().float().cpu())
         if progress is not None:
             progress(chunk.stop, count)
@@ -212,7 +219,7 @@ class RefinedTeacher(TeacherRecord):
 def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, sigma_max: float,
                    base: str = "dpmpp_3m", convention: str = "auto", extra_args=None, batch_size: int | None = None,
                    tolerance: float = TEACHER_TOLERANCE, max_steps: int = MAX_TEACHER_STEPS, progress=None,
-                   cancel=None, plan=None) -> RefinedTeacher:
+                   cancel=None, plan=None, trace=None) -> RefinedTeacher:
     """An accurate teacher for ``start`` [M, ...] (states at ``sigma_max``): see ``RefinedTeacher``.
 
     steps: the teacher's own step count (at least 4); the check level runs ``steps // 2``. Every
@@ -220,7 +227,8 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     uniformly in half-log-SNR. progress(done_batches, total_batches) after every batch (the total
     grows when samples are refined); cancel() before every batch, as in ``record_teacher``;
     plan(sample_calls) with the model calls still to come: both first levels at the start, each
-    refinement level when it is decided.
+    refinement level when it is decided. trace: a ``trajectory.StepCosts`` fed by the level of
+    ``steps`` steps, which every sample runs.
     """
     if steps < 4:
         raise ValueError(f"the teacher needs at least 4 steps; got {steps}")
@@ -232,7 +240,7 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     batches = lambda n: -(-n // batch_size)  # noqa: E731
     done = {"batches": 0, "total": 2 * batches(count), "calls": 0}
 
-    def level(indices, level_steps):
+    def level(indices, level_steps, trace=None):
         grid = teacher_grid(ends, level_steps, convention, sigma_min)
         before = done["batches"]
 
@@ -242,7 +250,8 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
                 progress(done["batches"], done["total"])
 
         record = record_teacher(model, start[indices], grid, (), base=base, convention=convention,
-                                extra_args=extra_args, batch_size=batch_size, progress=counted, cancel=cancel)
+                                extra_args=extra_args, batch_size=batch_size, progress=counted, cancel=cancel,
+                                trace=trace)
         done["calls"] += len(indices) * (len(grid) - 1)
         return record.final, len(grid) - 1
 
@@ -251,7 +260,7 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     if plan is not None:
         plan(calls(count, max(2, steps // 2)) + calls(count, steps))
     coarse, _ = level(everyone, max(2, steps // 2))
-    final, used = level(everyone, steps)
+    final, used = level(everyone, steps, trace)
     sample_steps = torch.full((count,), used, dtype=torch.long)
     scale = float(final.double().pow(2).mean().sqrt()) or 1.0
     residuals = (final.double() - coarse.double()).flatten(1).pow(2).mean(1).sqrt()

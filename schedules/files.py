@@ -97,6 +97,8 @@ def solver_metadata(solver, extra: dict | None = None) -> dict:
             info["corrector"] = bool(f.corrector)
         if f.held_out:
             info["held_out"] = {k: _finite_or_none(v) for k, v in f.held_out.items()}
+        if f.start:
+            info["start"] = {k: str(v) for k, v in f.start.items()}
         if f.model_calls:
             info["model_calls"] = {k: int(v) for k, v in f.model_calls.items()}
         if f.floor:
@@ -342,6 +344,7 @@ def _solver_from_bytes(blob: bytes, path):
             base=own_base, corrector=own_corrector, held_out=_numbers(info.get("held_out")),
             floor=_numbers(info.get("floor"), keep_text=True),
             model_calls={k: int(v) for k, v in _numbers(info.get("model_calls")).items()},
+            start=_numbers(info.get("start"), keep_text=True),
             held_out_rmse=_number(info.get("held_out_rmse")), base_held_out_rmse=_number(info.get("base_held_out_rmse")),
             fit_seconds=_number(info.get("fit_seconds"), 0.0), rejected_steps=int(_number(info.get("rejected_steps"), 0)))
     unknown = set(tensors) - expected

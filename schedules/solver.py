@@ -39,7 +39,8 @@ class FittedSteps:
     fit's own base solver and corrector when they differ from the solver's (None: the solver's),
     as when each NFE starts from its own best built-in pair. held_out: per-sample error summary
     on the validation seeds (``distill.scoring.error_summary``); floor: the best built-in pair
-    it was measured against ({"base", "schedule", and its summary}). model_calls: what this
+    it was measured against ({"base", "schedule", and its summary}); start: the pair the fit
+    started from ({"base", "schedule"}: the floor, or the teacher-trajectory grid). model_calls: what this
     NFE's fit cost, in sample-calls by kind ({"inference", "gradient", "backward"}, see
     ``distill.cost``; the teacher's are the solver's provenance).
     """
@@ -62,6 +63,7 @@ class FittedSteps:
     held_out: dict = field(default_factory=dict)
     floor: dict = field(default_factory=dict)
     model_calls: dict = field(default_factory=dict)
+    start: dict = field(default_factory=dict)
 
     @property
     def nfe(self) -> int:
@@ -237,6 +239,10 @@ class LearnedSolver:
                              f"90% interval {held.get('ratio_low', float('nan')):.2f}..{held.get('ratio_high', float('nan')):.2f}")
             if fit.method == "builtin":
                 lines.append(f"     no learned solver beat {pair} here, so this NFE is that pair as it is")
+            start = fit.start or {}
+            if start and (start.get("base"), start.get("schedule")) != (floor.get("base"), floor.get("schedule")):
+                lines.append(f"     started from {start.get('base')} + {start.get('schedule')} (the grid read off the "
+                             f"teacher's trajectories)")
             if fit.model_calls:
                 lines.append(f"     fit: {calls_text(fit.model_calls)}, {fit.fit_seconds:.0f} s")
         teacher = self.provenance.get("teacher") if isinstance(self.provenance.get("teacher"), dict) else {}
