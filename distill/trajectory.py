@@ -4,10 +4,10 @@ While the teacher runs, every pair of its grid points (i, j) gets a cost: how fa
 first-order (DDIM) step from the teacher's state at sigma_i, with the teacher's denoised
 value there, lands from the teacher's state at sigma_j, averaged over the training samples.
 The N-step grid whose steps cost least in sum (a shortest path, by dynamic programming over
-the teacher's points, as in GITS: Chen et al. 2024, "A Geometric Perspective on Optimal
-Representations of Diffusion Sampling Trajectories") puts the steps where this model's
-trajectories bend. It is a start for the fit, scored like a built-in schedule; it is never
-the floor a fit is measured against.
+the teacher's points, as in GITS: Chen et al., "On the Trajectory Regularity of ODE-based
+Diffusion Sampling", ICML 2024) puts the steps where this model's trajectories bend. It is a
+start for the fit, scored like a built-in schedule; it is never the floor a fit is measured
+against.
 """
 
 from __future__ import annotations
