@@ -106,18 +106,25 @@ class CallCounter:
 
 def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterations: int, batch_size: int,
                   validate_every: int, checkpoint: bool, teacher_steps: int, gradient_fit: bool = True,
-                  probe: int = 8, finalists: int = 6) -> dict:
+                  own_pairs: int = 0, probes=(3, 6), shortlist: int = 12, finalists: int = 3) -> dict:
     """The sample-calls one NFE's fit is planned to make after the teacher: {kind: calls}.
 
-    floor: every pair on ``probe`` training samples, the best ``finalists`` on all the others;
+    floor (``pipeline._floor``): the ``pairs`` built-in and ``own_pairs`` trajectory pairs on
+    ``probes[0]`` training samples, the best ``shortlist`` (and 2 own) on ``probes[1]`` more,
+    the best ``finalists`` (and 1 own) on the validation samples;
     fit: ``iterations`` x ``batch_size`` unrolled runs of ``nfe`` calls (twice with
     ``checkpoint``, once backward), validation every ``validate_every`` iterations and at the
     start and end; selection: the fitted candidate on the validation samples once more. D-ODE
     (``gradient_fit`` False) instead runs the teacher again on the training samples (about
     ``teacher_steps`` calls, keeping its states on the floor's grid) and the student once.
     """
-    count = samples + validation
-    floor = nfe * (pairs * min(probe, samples) + min(finalists, pairs) * (count - min(probe, samples)))
+    first = min(probes[0], samples)
+    second = min(probes[1], samples - first)
+
+    def rounds(candidates, kept, final):
+        return candidates * first + min(kept, candidates) * second + min(final, candidates) * validation
+
+    floor = nfe * (rounds(pairs, shortlist, finalists) + (rounds(own_pairs, 2, 1) if own_pairs else 0))
     if not gradient_fit:  # D-ODE: a teacher run of the training samples on the floor's grid, one solve
         return {"inference": floor + samples * (teacher_steps + nfe) + validation * nfe, "gradient": 0, "backward": 0}
     runs = iterations * batch_size * nfe

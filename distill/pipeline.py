@@ -31,10 +31,13 @@ def start_states(shape, count: int, sigma_max: float, convention: str, seed: int
     return (start_noise_scale(sigma_max, convention) * noise).to(device=device, dtype=dtype)
 
 
-# every built-in pair is first scored on this many training samples; the best FLOOR_FINALISTS
-# then on every training and validation sample, and the best of those is the floor
-FLOOR_PROBE_SAMPLES = 8
-FLOOR_FINALISTS = 6
+# the floor's rounds: every pair on FLOOR_PROBES[0] training samples, the best FLOOR_SHORTLIST
+# built-in pairs (and 2 trajectory ones) on FLOOR_PROBES[1] more, the best FLOOR_FINALISTS of
+# those (and 1) on every validation sample: most pairs are far off and a few samples show it,
+# the close ones need many
+FLOOR_PROBES = (3, 6)
+FLOOR_SHORTLIST = 12
+FLOOR_FINALISTS = 3
 
 
 def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: str, sigma_table=None,
@@ -125,11 +128,11 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         if not pairs:
             raise ValueError(f"no schedule gives a valid {n}-step grid on this model's range")
         starts = len(bases) if step_costs is not None else 0
-        plan = planned_calls(nfe=n, samples=s.samples, validation=s.validation, pairs=len(pairs) + starts,
-                             iterations=s.iterations, batch_size=s.batch_size, validate_every=s.validate_every,
-                             checkpoint=bool(s.use_checkpoint), teacher_steps=s.teacher_steps,
-                             gradient_fit=method != "dode", probe=FLOOR_PROBE_SAMPLES,
-                             finalists=FLOOR_FINALISTS + (1 if starts else 0))
+        plan = planned_calls(nfe=n, samples=s.samples, validation=s.validation, pairs=len(pairs),
+                             own_pairs=starts, iterations=s.iterations, batch_size=s.batch_size,
+                             validate_every=s.validate_every, checkpoint=bool(s.use_checkpoint),
+                             teacher_steps=s.teacher_steps, gradient_fit=method != "dode", probes=FLOOR_PROBES,
+                             shortlist=FLOOR_SHORTLIST, finalists=FLOOR_FINALISTS)
         for kind, calls in plan.items():
             time_left.plan(kind, calls)
     iterations_total = len(nfes) if method == "dode" else s.iterations * len(nfes)
@@ -261,18 +264,35 @@ def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_si
     """(the floor, the start): the best built-in pair and the pair the fit starts from.
 
     Every pair, the built-in ones (``pairs``) and the teacher-trajectory ones (``own``), is
-    ranked by mean error on ``FLOOR_PROBE_SAMPLES`` training samples; the best
-    ``FLOOR_FINALISTS`` built-in ones and the best own one then on all training and validation
-    samples (a choice on a few seeds alone is noisy). The floor is the best built-in finalist,
-    the start the best finalist of all. Each is (base, schedule name, its FittedSteps, its
-    validation errors, its SolverSetup, its training errors)."""
-    probe, rest = train[:FLOOR_PROBE_SAMPLES], train[FLOOR_PROBE_SAMPLES:]
-    ranked = score_pairs(call, teacher, probe, pairs, shared, batch_size)[:FLOOR_FINALISTS]
-    ranked_own = score_pairs(call, teacher, probe, own, shared, batch_size)[:1] if own else []
+    ranked by mean error in rounds of more and more samples (``FLOOR_PROBES``,
+    ``FLOOR_SHORTLIST``, ``FLOOR_FINALISTS``; built-in and own pairs ranked apart), the last
+    round on every validation sample, where the fit is judged. The floor is the best built-in
+    finalist, the start the best finalist of all, both by the mean over their training and
+    validation samples. Each is (base, schedule name, its FittedSteps, its validation errors,
+    its SolverSetup, its training errors)."""
+    first, second = FLOOR_PROBES
+    probe, more = train[:first], train[first:first + second]
+
+    def setup_of(pair_base, pair_fit):
+        return dataclasses.replace(shared, base=pair_base, corrector=bool(pair_fit.corrector))
+
+    def rounds(candidates, shortlist, finalists):
+        """The best ``finalists`` of ``candidates``: [(score, base, name, fit, training errors)]."""
+        ranked = score_pairs(call, teacher, probe, candidates, shared, batch_size)[:shortlist]
+        if len(more):
+            longer = []
+            for _, pair_base, pair_name, pair_fit, errors in ranked:
+                extra = per_sample_errors(call, teacher, more, pair_fit, setup_of(pair_base, pair_fit), batch_size)
+                errors = torch.cat([errors, extra])
+                longer.append((mean_error(errors), pair_base, pair_name, pair_fit, errors))
+            ranked = sorted(longer, key=lambda item: item[0])
+        return ranked[:finalists]
+
+    ranked = rounds(pairs, FLOOR_SHORTLIST, FLOOR_FINALISTS)
+    ranked_own = rounds(own, 2, 1) if own else []
     finalists = []
-    for _, pair_base, pair_name, pair_fit, probe_errors in ranked + ranked_own:
-        pair_setup = dataclasses.replace(shared, base=pair_base, corrector=bool(pair_fit.corrector))
-        train_errors = torch.cat([probe_errors, per_sample_errors(call, teacher, rest, pair_fit, pair_setup, batch_size)])
+    for _, pair_base, pair_name, pair_fit, train_errors in ranked + ranked_own:
+        pair_setup = setup_of(pair_base, pair_fit)
         held_errors = per_sample_errors(call, teacher, held, pair_fit, pair_setup, batch_size)
         finalists.append((mean_error(torch.cat([train_errors, held_errors])), pair_base, pair_name, pair_fit,
                           held_errors, pair_setup, train_errors))

@@ -19,8 +19,8 @@ class FitSettings:
 
     method: one of METHODS. base: the base solver the corrections sit on ("auto": the best of
     BASE_SOLVERS on the training samples, per NFE); teacher_base, teacher_steps: the teacher's
-    solver and step count (checked against half as many, refined where the two disagree by more
-    than teacher_tolerance, relative). init_sigmas: the starting grid ("auto": the best built-in
+    solver and step count (checked against half as many, refined where the error this gives,
+    ``teacher.refine_teacher``, is above teacher_tolerance, relative). init_sigmas: the starting grid ("auto": the best built-in
     schedule, per NFE; "karras", "exponential", "time-uniform", "ays", "beta", "uniform", a dict
     nfe -> sigmas or a callable). samples,
     validation: training and validation start noises. seed: seeds the noises and the fit.
@@ -50,7 +50,7 @@ class FitSettings:
     iterations: int = 200
     batch_size: int = 4
     micro_batch: int = 2
-    validate_every: int = 25
+    validate_every: int = 50
     inference_batch_size: int = 16
     lr: dict | None = field(default=None, hash=False)
     loss: str = "capped"

@@ -179,10 +179,15 @@ def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "
     )
 
 
-# A sample is settled when its result moves by less than this, relative to the RMS of all
-# results, between the last two refinement levels; flips into another mode move it by tens of
-# percent, ordinary discretisation error by a fraction of one.
+# A sample is settled when the error of its result, estimated from the last two refinement
+# levels, is below this, relative to the RMS of all results; flips into another mode move a
+# result by tens of percent, ordinary discretisation error by a fraction of one.
 TEACHER_TOLERANCE = 0.01
+# For a solver of order p the finer of two levels (n and 2n steps) is about 2^p - 1 times closer
+# to the exact result than the two are to each other; p = 2 (3x) for every teacher base but
+# Euler, a floor below the nominal orders because stiff stretches lower them.
+ERROR_ESTIMATE = {"euler": 1.0}
+DEFAULT_ERROR_ESTIMATE = 3.0
 # the most steps a refinement level may take (only unsettled samples get that far)
 MAX_TEACHER_STEPS = 512
 
@@ -190,12 +195,13 @@ MAX_TEACHER_STEPS = 512
 @dataclass
 class RefinedTeacher(TeacherRecord):
     """A ``TeacherRecord`` checked against itself: each sample run at ``steps`` / 2 and ``steps``,
-    and samples whose two results disagree by more than the tolerance run again at twice the
-    steps, until they agree or ``MAX_TEACHER_STEPS`` is reached.
+    and samples whose results' estimated error is above the tolerance run again at twice the
+    steps, until it is within it or ``MAX_TEACHER_STEPS`` is reached.
 
     residuals [M]: per-sample RMSE between each sample's last two levels (an upper bound on the
     error of the result kept, which is the finer one); sample_steps [M]: the steps of the result
-    kept; settled [M] bool: the last two levels agreed within the tolerance.
+    kept; settled [M] bool: the kept result's estimated error (the residual over
+    ``ERROR_ESTIMATE``'s factor for the base) is within the tolerance.
     """
 
     residuals: torch.Tensor = None
@@ -265,7 +271,9 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     scale = float(final.double().pow(2).mean().sqrt()) or 1.0
     residuals = (final.double() - coarse.double()).flatten(1).pow(2).mean(1).sqrt()
     level_steps = steps
-    unsettled = everyone[residuals > tolerance * scale]
+    # the kept level's error is about residual / factor; a sample is refined when that exceeds the tolerance
+    limit = tolerance * scale * ERROR_ESTIMATE.get(base, DEFAULT_ERROR_ESTIMATE)
+    unsettled = everyone[residuals > limit]
     while len(unsettled) and 2 * level_steps <= max_steps:
         level_steps *= 2
         done["total"] += batches(len(unsettled))
@@ -275,7 +283,7 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
         residuals[unsettled] = (finer.double() - final[unsettled].double()).flatten(1).pow(2).mean(1).sqrt()
         final[unsettled] = finer
         sample_steps[unsettled] = used
-        unsettled = unsettled[residuals[unsettled] > tolerance * scale]
+        unsettled = unsettled[residuals[unsettled] > limit]
     settled = torch.ones(count, dtype=torch.bool)
     settled[unsettled] = False
     full_grid = teacher_grid(ends, steps, convention, sigma_min)

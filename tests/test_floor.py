@@ -96,3 +96,17 @@ def test_beta_schedule_crowds_both_ends():
     from learned_solvers.schedules.grids import _beta_quantiles
 
     assert torch.allclose(_beta_quantiles(u), u, atol=1e-6)  # symmetric: the median is 0.5
+
+
+def test_the_teacher_refines_where_its_estimated_error_is_above_the_tolerance():
+    # the finer of two levels is about 3x closer to the exact result than the two are to each
+    # other (order 2 or more), so a sample is refined only past 3x the tolerance; Euler (order 1)
+    # is taken at its word
+    hard = GaussianMixtureDenoiser.close_modes()
+    start = start_states(hard.shape, 24, SIGMA_MAX, "ve", seed=0)
+    for base, factor in (("dpmpp_3m", 3.0), ("euler", 1.0)):
+        teacher = refine_teacher(hard, start, 32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, batch_size=24,
+                                 base=base, max_steps=32, tolerance=0.01)
+        scale = float(teacher.final.double().pow(2).mean().sqrt())
+        expected = teacher.residuals <= 0.01 * factor * scale
+        assert torch.equal(teacher.settled, expected) and not bool(expected.all()) and bool(expected.any())
