@@ -106,13 +106,15 @@ class CallCounter:
 
 def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterations: int, batch_size: int,
                   validate_every: int, checkpoint: bool, teacher_steps: int, gradient_fit: bool = True,
-                  own_pairs: int = 0, probes=(3, 6), shortlist: int = 12, finalists: int = 3) -> dict:
+                  own_pairs: int = 0, probes=(3, 6), shortlist: int = 12, finalists: int = 3,
+                  corrections: int = 0) -> dict:
     """The sample-calls one NFE's fit is planned to make after the teacher: {kind: calls}.
 
     floor (``pipeline._floor``): the ``pairs`` built-in and ``own_pairs`` trajectory pairs on
     ``probes[0]`` training samples, the best ``shortlist`` (and 2 own) on ``probes[1]`` more,
     the best ``finalists`` (and 1 own) on the validation samples;
-    fit: ``iterations`` x ``batch_size`` unrolled runs of ``nfe`` calls (twice with
+    fit: one run of the ``corrections`` samples the closed-form coefficients are fitted on
+    (``fit.fit_corrections``), ``iterations`` x ``batch_size`` unrolled runs of ``nfe`` calls (twice with
     ``checkpoint``, once backward), validation every ``validate_every`` iterations and at the
     start and end; selection: the fitted candidate on the validation samples once more. D-ODE
     (``gradient_fit`` False) instead runs the teacher again on the training samples (about
@@ -129,7 +131,7 @@ def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterat
         return {"inference": floor + samples * (teacher_steps + nfe) + validation * nfe, "gradient": 0, "backward": 0}
     runs = iterations * batch_size * nfe
     validations = 1 + math.ceil(iterations / validate_every)
-    inference = floor + (validations + 1) * validation * nfe
+    inference = floor + (validations + 1) * validation * nfe + corrections * nfe
     return {"inference": inference, "gradient": runs * (2 if checkpoint else 1), "backward": runs}
 
 

@@ -10,8 +10,10 @@ Each method is a subset of ``sample_learned``'s options:
 * ``s4s``: ``d_corrections`` (and ``corrector_corrections`` when the corrector is on) on the
   fixed grid;
 * ``s4s_alt``: rounds alternating the coefficient and the grid blocks;
-* ``auto``: ``dode`` first (seconds), then everything jointly by gradient, keeping whichever
-  of base / dode / gradient does best on the validation samples.
+* ``auto``: closed-form coefficient corrections first (``fit_corrections``: one run of a few
+  training samples, no gradients), then everything jointly by gradient from there; the
+  pipeline keeps whichever of the built-in pair, the trajectory pair and the fit does best on
+  the validation samples (``s4s`` starts from the same closed form).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .memory import checkpointed_model
 from .scoring import no_worse_tail, overall_rmse, per_sample_errors, mean_error
 from .settings import FitSettings, SolverSetup
 
-# peak rates for 4 steps at the Distill node's 4-sample batches: larger rates let such small,
+# peak rates for 4 steps at the Distill node's 3-sample batches: larger rates let such small,
 # noisy batches walk the grid away from its start before the cosine decay settles it
 DEFAULT_LR = {"grid": 0.03, "end": 0.06, "offsets": 0.03, "coefficients": 0.015, "step_scales": 0.015}
 
@@ -88,6 +90,58 @@ def fit_step_scales(model, teacher, sigmas, indices, *, base, convention, correc
         sample_learned(model, start, sigmas.to(start.dtype), extra_args, None, True, base=base,
                        convention=convention, corrector=corrector, step_hook=solve)
     return scales
+
+
+def fit_corrections(model, start, targets, sigmas, *, base, convention, corrector=False, extra_args=None,
+                    history: int = 3, cap: float | None = None, ridge: float = 1e-3) -> torch.Tensor:
+    """Coefficient corrections [N, history] by weighted least squares, step by step along the
+    student's own trajectory (D-ODE's closed form with ``history`` directions per step).
+
+    start: [S, ...] start states; targets: N tensors [S, ...], the teacher's states at
+    ``sigmas[1:]``. At step i the student's next state is x_base + sum_k c_ik g_ik with
+    g_ik = d_scale_i D_{i-k} (linear in c_i, the newest denoiser outputs), so c_i solves a
+    ``history``-unknown least-squares problem over every value of every sample; the student
+    then continues from the corrected state. Each sample is weighted 1 / (1 + d / cap), d its
+    distance to the target (the "capped" loss's weights): samples the student already sends
+    to another mode do not pull the corrections toward them. ``ridge`` (relative to the normal
+    matrix's mean diagonal) keeps a direction the samples do not determine at zero; each
+    correction is clamped to +-CORRECTION_LIMIT. One run of N model calls over the S samples,
+    without gradients.
+    """
+    from ..learned_samplers.coefficients import base_tables
+
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    steps = len(sigmas) - 1
+    tables = base_tables(sigmas, base, convention, corrector)
+    corrections = torch.zeros(steps, history, dtype=torch.float64)
+    outputs = []
+
+    def recording(x, sigma, **kwargs):
+        out = model(x, sigma, **kwargs)
+        outputs.append(out.detach())
+        return out
+
+    def solve(i, x_next, _direction):
+        used = range(min(i + 1, history))
+        directions = torch.stack([(tables.d_scale[i] * outputs[i - k].double()).flatten(1) for k in used], 2)
+        residual = (targets[i].to(x_next).double() - x_next.double()).flatten(1)  # [S, values]
+        weights = torch.ones(len(residual), dtype=torch.float64, device=residual.device)
+        if cap:
+            weights = 1 / (1 + residual.pow(2).mean(1).sqrt() / cap)
+        normal = torch.einsum("s,svk,svl->kl", weights, directions, directions)
+        normal = normal + ridge * normal.diagonal().mean().clamp(min=1e-30) * torch.eye(len(used), dtype=normal.dtype,
+                                                                                      device=normal.device)
+        rhs = torch.einsum("s,svk,sv->k", weights, directions, residual)
+        solution = torch.linalg.solve(normal, rhs).clamp(-CORRECTION_LIMIT, CORRECTION_LIMIT)
+        if not torch.isfinite(solution).all():
+            solution = torch.zeros_like(solution)
+        corrections[i, :len(used)] = solution.cpu()
+        return x_next + (directions @ solution).reshape(x_next.shape).to(x_next.dtype)
+
+    with torch.no_grad():
+        sample_learned(recording, start, sigmas.to(start.dtype), extra_args, None, True, base=base,
+                       convention=convention, corrector=corrector, step_hook=solve)
+    return corrections
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,6 +388,7 @@ __all__ = [
     "StudentParameters",
     "autocast_model",
     "fit_gradient",
+    "fit_corrections",
     "fit_step_scales",
     "rmse",
     "start_noise_scale",

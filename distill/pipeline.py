@@ -15,7 +15,8 @@ from ..version import __version__
 from ..learned_samplers import BASE_SOLVERS, resolve_convention
 from ..schedules import builtin_schedules, uniform
 from .cost import CallCounter, TimeLeft, planned_calls
-from .fit import CAP_FACTOR, StudentParameters, autocast_model, fit_gradient, fit_step_scales, start_noise_scale
+from .fit import (CAP_FACTOR, StudentParameters, autocast_model, fit_corrections, fit_gradient, fit_step_scales,
+                  start_noise_scale)
 from .scoring import (builtin_pairs, error_summary, mean_error, no_worse_tail, overall_rmse, per_sample_errors,
                       ratio_interval, score_pairs)
 from .settings import FitSettings, SolverSetup
@@ -38,6 +39,8 @@ def start_states(shape, count: int, sigma_max: float, convention: str, seed: int
 FLOOR_PROBES = (3, 6)
 FLOOR_SHORTLIST = 12
 FLOOR_FINALISTS = 3
+# training samples whose teacher trajectories are kept for the closed-form first coefficients
+CORRECTION_SAMPLES = 16
 
 
 def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: str, sigma_table=None,
@@ -94,6 +97,9 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     starts from the best pair, and on the validation samples (by ``scoring.mean_error``) the
     result is never worse than the best built-in pair (the floor): where neither the fit nor the
     trajectory pair beats it, the result *is* the floor (method "builtin", no corrections).
+    Where coefficients are learned ("auto", "s4s"), the gradient steps start from closed-form
+    corrections (``fit.fit_corrections``) against the kept teacher trajectories of
+    ``CORRECTION_SAMPLES`` training samples (``trajectory.StepCosts.states_at``).
     """
     s = (settings or FitSettings()).replace(**changes).check()
     nfes = sorted({int(n) for n in ([nfe] if isinstance(nfe, int) else nfe)})
@@ -122,14 +128,19 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     sigma_range = (float(sigma_min), float(sigma_max))
     pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, bases, sigma_min, sigma_max, convention) for n in nfes}
     # with init_sigmas "auto" the teacher's trajectories also give a start: its grid is scored
-    # with each base as one more candidate (never as the floor)
-    step_costs = StepCosts(torch.arange(count) < s.samples) if s.init_sigmas == "auto" else None
+    # with each base as one more candidate (never as the floor); where the fit learns
+    # coefficients, the trajectories of a few training samples are kept for their first guess
+    fits_coefficients = method in ("auto", "s4s")
+    trajectories = s.init_sigmas == "auto" or fits_coefficients
+    kept = min(CORRECTION_SAMPLES, s.samples) if fits_coefficients else 0
+    step_costs = StepCosts(torch.arange(count) < s.samples, keep=kept, convention=convention) if trajectories else None
+    own_grids = step_costs is not None and s.init_sigmas == "auto"
     for n, pairs in pairs_by_nfe.items():
         if not pairs:
             raise ValueError(f"no schedule gives a valid {n}-step grid on this model's range")
-        starts = len(bases) if step_costs is not None else 0
+        starts = len(bases) if own_grids else 0
         plan = planned_calls(nfe=n, samples=s.samples, validation=s.validation, pairs=len(pairs),
-                             own_pairs=starts, iterations=s.iterations, batch_size=s.batch_size,
+                             own_pairs=starts, corrections=kept, iterations=s.iterations, batch_size=s.batch_size,
                              validate_every=s.validate_every, checkpoint=bool(s.use_checkpoint),
                              teacher_steps=s.teacher_steps, gradient_fit=method != "dode", probes=FLOOR_PROBES,
                              shortlist=FLOOR_SHORTLIST, finalists=FLOOR_FINALISTS)
@@ -172,7 +183,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                              sigma_range=sigma_range, extra_args=extra_args, device=device)
         pairs = pairs_by_nfe[n]
         own = (builtin_pairs({"trajectory": step_costs.grid}, n, bases, sigma_min, sigma_max, convention)
-               if step_costs is not None else [])
+               if own_grids else [])
         with counter.phase("floor"):
             floor, start = _floor(call, teacher, train, held, pairs, own, shared, s.inference_batch_size)
         floor_base, floor_name, floor_fit, floor_errors, floor_setup, floor_train = floor
@@ -196,6 +207,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
             elif method in ("auto", "ld3", "s4s"):
                 learn = {"auto": {"grid", "coefficients", "step_scales"} | offsets, "ld3": {"grid"} | offsets,
                          "s4s": {"coefficients"}}[method]
+                if fits_coefficients:  # the gradient steps start from the closed-form corrections
+                    plain = _first_corrections(call, teacher, step_costs, plain, setup, s, cap)
                 best, _, _, log = fit_gradient(call, teacher, plain, learn, train, held, setup, s, method=method,
                                                iterations=s.iterations, step_offset=first_step, **gradient)
             else:  # s4s_alt: each block starts from the previous block's best
@@ -299,6 +312,23 @@ def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_si
     floor = min(finalists[:len(ranked)], key=lambda item: item[0])
     start = min(finalists, key=lambda item: item[0])  # the floor where they tie
     return floor[1:], start[1:]
+
+
+def _first_corrections(call, teacher, trajectories: StepCosts, plain: FittedSteps, setup: SolverSetup,
+                       s: FitSettings, cap) -> FittedSteps:
+    """``plain`` with the closed-form coefficient corrections (``fit.fit_corrections``) on the
+    training samples whose teacher trajectories were kept and settled, against their states at
+    the grid's points (the teacher's result at the end); ``plain`` itself where none is kept."""
+    rows = [int(r) for r in trajectories.kept_rows if bool(teacher.settled[r])]
+    if not rows:
+        return plain
+    sigmas = plain.sigmas
+    targets = [teacher.final[rows] if float(v) == 0 else trajectories.states_at(float(v), rows) for v in sigmas[1:]]
+    device = setup.device or teacher.start.device
+    corrections = fit_corrections(call, teacher.start[rows].to(device), [t.to(device) for t in targets], sigmas,
+                                  base=setup.base, convention=setup.convention, corrector=setup.corrector,
+                                  extra_args=setup.extra_args, history=s.history, cap=cap)
+    return FittedSteps(sigmas=sigmas, coordinate=plain.coordinate, d_corrections=corrections)
 
 
 def _teacher_states(call, teacher, indices, sigmas, s: FitSettings, convention, sigma_min, extra_args, device):

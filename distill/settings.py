@@ -47,10 +47,10 @@ class FitSettings:
     samples: int = 64
     validation: int = 64
     seed: int = 0
-    iterations: int = 200
-    batch_size: int = 4
+    iterations: int = 40
+    batch_size: int = 3
     micro_batch: int = 2
-    validate_every: int = 50
+    validate_every: int = 10
     inference_batch_size: int = 16
     lr: dict | None = field(default=None, hash=False)
     loss: str = "capped"

@@ -16,30 +16,41 @@ import math
 
 import torch
 
+from ..learned_samplers import half_log_snr
+
 
 class StepCosts:
-    """The teacher-forced one-step costs between the teacher's grid points.
+    """The teacher-forced one-step costs between the teacher's grid points, and the teacher's
+    trajectories of a few training samples.
 
     rows: bool [M], which of the teacher's samples count (the training ones: validation
     samples must not shape a candidate they then judge). ``on_step(chunk, i, x, denoised)`` is
     called by the teacher for each of its points i of a batch ``chunk`` (a slice of its
     samples), with the state x [B, ...] at sigma_i and the denoised value there, and once more
-    at the end with the result and denoised None. Memory: one batch's states and denoised
-    values at every point, on their device.
+    at the end with the result and denoised None. keep: how many of the ``rows`` (the first
+    ones) keep their states and denoised values at every point, on the CPU in float32, for
+    ``states_at`` (the coefficient fit's targets); convention: the sigmas' ("ve" or "flow").
+    Memory: one batch's states and denoised values at every point, on their device, and the
+    kept samples' (keep x points x 2 x the values of a sample x 4 bytes).
     """
 
-    def __init__(self, rows: torch.Tensor):
+    def __init__(self, rows: torch.Tensor, keep: int = 0, convention: str = "ve"):
         self.rows = rows.bool().cpu()
+        self.kept_rows = self.rows.nonzero().flatten()[:keep]
+        self.convention = convention
         self.sigmas = []
         self.sums = None
         self.counts = None
         self._states, self._denoised = [], []
+        self._kept = {}  # point -> {row: (x, denoised)}
 
     def on_step(self, chunk: slice, i: int, sigma: float, x: torch.Tensor, denoised):
         if i == 0:
             self._states, self._denoised = [], []
         if len(self.sigmas) <= i:
             self.sigmas.append(float(sigma))
+        if len(self.kept_rows):
+            self._keep(chunk, i, x, denoised)
         keep = self.rows[chunk].to(x.device)
         if not bool(keep.any()):
             return
@@ -55,11 +66,50 @@ class StepCosts:
             self._states.append(x)
             self._denoised.append(denoised[keep].detach().float())
 
+    def _keep(self, chunk: slice, i: int, x: torch.Tensor, denoised):
+        rows = torch.arange(chunk.start, chunk.stop)
+        for offset, row in enumerate(rows.tolist()):
+            if bool((self.kept_rows == row).any()):
+                d = None if denoised is None else denoised[offset].detach().float().cpu()
+                self._kept.setdefault(i, {})[row] = (x[offset].detach().float().cpu(), d)
+
     def start(self, points: int):
         """Called by the teacher before its level of ``points`` grid points (the last one 0)."""
         self.sigmas = []
         self.sums = torch.zeros(points, points, dtype=torch.float64)
         self.counts = torch.zeros(points, points, dtype=torch.float64)
+        self._kept = {}
+
+    def states_at(self, sigma: float, rows) -> torch.Tensor:
+        """The teacher's states [len(rows), ...] at host sigma ``sigma`` of the kept samples
+        ``rows`` (indices into the teacher's samples): exact at its points and at 0, between
+        two points a > sigma > b the blend, linear in half-log-SNR, of one DDIM step from a
+        forward and one from b backward (exact at both ends; first order in between, far
+        below a few-step solver's errors at the teacher's spacing)."""
+        rows = [int(r) for r in rows]
+        points = torch.tensor(self.sigmas, dtype=torch.float64)
+
+        def at(point):
+            return torch.stack([self._kept[point][row][0] for row in rows])
+
+        def denoised(point):
+            return torch.stack([self._kept[point][row][1] for row in rows])
+
+        if sigma <= 0:
+            return at(len(points) - 1)
+        same = ((points - sigma).abs() <= 1e-6 * sigma).nonzero().flatten()
+        if len(same):
+            return at(int(same[0]))
+        above = int((points > sigma).nonzero().flatten()[-1])
+        below = above + 1
+        if below >= len(points) or float(points[below]) <= 0:
+            raise ValueError(f"sigma {sigma:g} is below the teacher's last positive point")
+        a, b = float(points[above]), float(points[below])
+        forward = sigma / a * at(above) + (1 - sigma / a) * denoised(above)
+        backward = sigma / b * at(below) + (1 - sigma / b) * denoised(below)
+        lam = half_log_snr(torch.tensor([a, sigma, b], dtype=torch.float64), self.convention)
+        w = float((lam[1] - lam[0]) / (lam[2] - lam[0]))
+        return (1 - w) * forward + w * backward
 
     def costs(self) -> torch.Tensor:
         """[P, P] mean cost of a step from point i to point j > i (inf where not measured)."""

@@ -142,7 +142,7 @@ def test_a_batch_put_through_in_micro_batches_fits_as_the_whole_batch():
     torch.testing.assert_close(a.sigmas, b.sigmas, rtol=1e-4, atol=0)
     for name, value in a.options().items():
         torch.testing.assert_close(value, b.options()[name], rtol=1e-4, atol=1e-6)
-    assert a.losses == pytest.approx(b.losses, rel=1e-5)
+    assert a.losses == pytest.approx(b.losses, rel=1e-4)
 
 
 def test_cancel_stops_within_one_iteration():

@@ -66,3 +66,57 @@ def test_the_trajectory_grid_is_a_start_and_never_the_floor():
     fixed = distill(MODEL, SHAPE, nfe=[3], sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=32, validation=32,
                     iterations=4, batch_size=8, micro_batch=8, convention="ve", init_sigmas="karras")
     assert fixed.fits[3].start["schedule"] == "karras"
+
+
+def test_kept_trajectories_give_the_teachers_states_at_any_sigma():
+    start = start_states(SHAPE, 10, SIGMA_MAX, "ve", seed=1)
+    rows = torch.arange(10) < 6
+    kept = StepCosts(rows, keep=4)
+    teacher = refine_teacher(MODEL, start, 32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, batch_size=3, trace=kept,
+                             tolerance=0.5)
+    assert kept.kept_rows.tolist() == [0, 1, 2, 3]
+    assert torch.equal(kept.states_at(SIGMA_MAX, [0, 2]), start[[0, 2]])  # exact at a point
+    assert torch.allclose(kept.states_at(0.0, [1, 3]), teacher.final[[1, 3]])
+    # between points: close to a 256-step run's state there, far closer than the distance the
+    # state moves from the neighbouring point
+    from learned_solvers.distill import record_teacher
+    from learned_solvers.distill.teacher import teacher_grid
+
+    sigmas = torch.tensor(kept.sigmas, dtype=torch.float64)
+    between = float((sigmas[6] * sigmas[7]).sqrt())
+    fine = record_teacher(MODEL, start[:4], teacher_grid([torch.tensor([SIGMA_MAX, between, 0.0])], 256, "ve",
+                                                          SIGMA_MIN), [between])
+    exact = fine.state_at(between).double()
+    error = (kept.states_at(between, [0, 1, 2, 3]).double() - exact).flatten(1).norm(dim=1)
+    moved = (kept.states_at(float(sigmas[6]), [0, 1, 2, 3]).double() - exact).flatten(1).norm(dim=1)
+    assert bool((error < 0.05 * moved).all())
+
+
+def test_the_closed_form_corrections_bring_the_student_closer_to_the_teacher():
+    from learned_solvers.distill.fit import fit_corrections
+    from learned_solvers.learned_samplers import sample_learned
+    from learned_solvers.schedules import karras
+
+    start = start_states(SHAPE, 48, SIGMA_MAX, "ve", seed=2)
+    rows = torch.arange(48) < 16
+    kept = StepCosts(rows, keep=16)
+    teacher = refine_teacher(MODEL, start, 32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, trace=kept, tolerance=0.5)
+    grid = karras(4, SIGMA_MIN, SIGMA_MAX, final_zero=True)
+    train = list(range(16))
+    targets = [kept.states_at(float(s), train) for s in grid[1:]]
+    calls = []
+
+    def counted(x, sigma, **kwargs):
+        calls.append(len(x))
+        return MODEL(x, sigma, **kwargs)
+
+    corrections = fit_corrections(counted, start[:16], targets, grid, base="euler", convention="ve", history=3)
+    assert sum(calls) == 16 * 4 and corrections.shape == (4, 3) and bool(corrections.abs().gt(0).any())
+
+    def errors(options, which):
+        out = sample_learned(MODEL, start[which], grid.float(), base="euler", disable=True, **options)
+        return (out.double() - teacher.final[which].double()).flatten(1).pow(2).mean(1).sqrt().mean()
+
+    held = list(range(16, 48))
+    assert errors({"d_corrections": corrections}, train) < 0.8 * errors({}, train)
+    assert errors({"d_corrections": corrections}, held) < 0.8 * errors({}, held)  # not fitted to the 16 alone
