@@ -40,6 +40,7 @@ FLOOR_PROBES = (3, 6)
 FLOOR_SHORTLIST = 12
 FLOOR_FINALISTS = 3
 # training samples whose teacher trajectories are kept for the closed-form first coefficients
+# (at most ``FitSettings.dode_samples``: they run as one batch)
 CORRECTION_SAMPLES = 16
 
 
@@ -132,7 +133,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     # coefficients, the trajectories of a few training samples are kept for their first guess
     fits_coefficients = method in ("auto", "s4s")
     trajectories = s.init_sigmas == "auto" or fits_coefficients
-    kept = min(CORRECTION_SAMPLES, s.samples) if fits_coefficients else 0
+    # they go through the model at once: no more than a closed form may put there (dode_samples)
+    kept = min(CORRECTION_SAMPLES, s.samples, s.dode_samples or CORRECTION_SAMPLES) if fits_coefficients else 0
     step_costs = StepCosts(torch.arange(count) < s.samples, keep=kept, convention=convention) if trajectories else None
     own_grids = step_costs is not None and s.init_sigmas == "auto"
     for n, pairs in pairs_by_nfe.items():

@@ -34,8 +34,8 @@ class FitSettings:
     off). decoupled: learn decoupled evaluation times. history: denoiser outputs the coefficient
     corrections weigh. rounds: S4S-Alt's alternations. use_checkpoint: recompute each model call
     in backward ("auto": when the model has parameters or runs on a GPU). dtype: autocast dtype
-    for model calls. dode_samples: training samples D-ODE's least squares puts through the model
-    at once (None: all).
+    for model calls. dode_samples: training samples a closed-form least squares (D-ODE's, and
+    the first coefficient corrections, of at most 16) puts through the model at once (None: all).
     """
 
     method: str = "auto"
