@@ -156,6 +156,10 @@ if io is not None:
                                            "each model call in backward. 'blocks': also each block inside it "
                                            "(much less memory, about 35% slower). auto: blocks for SDXL and "
                                            "larger, model calls for SD1.x."),
+                    io.Int.Input("validation", default=DEFAULTS.validation, min=2, max=512, optional=True,
+                                 tooltip="Noise seeds held out to check the fit and guard its tail (no new "
+                                         "flips). 32 with samples 32 halves the teacher's work, but the guard "
+                                         "then sees fewer seeds."),
                 ],
                 outputs=[
                     LearnedSolverSocket.Output(display_name="learned_solver"),
@@ -169,7 +173,7 @@ if io is not None:
 
         @classmethod
         def execute(cls, model, positive, negative, latent_image, cfg, nfe, method, base, teacher_steps, samples,
-                    iterations, seed, filename, memory="auto") -> io.NodeOutput:
+                    iterations, seed, filename, memory="auto", validation=DEFAULTS.validation) -> io.NodeOutput:
             nfes = library.parse_nfes(nfe)
             bar = {"shown": 0.0, "logged": -1}
 
@@ -195,7 +199,7 @@ if io is not None:
                 solver = distill_model(model, positive, negative, latent_image, cfg, nfe=nfes, method=method,
                                        base=base, teacher_steps=teacher_steps, samples=samples,
                                        iterations=iterations, seed=seed, memory=memory, progress=progress,
-                                       cancel=cancel)
+                                       cancel=cancel, validation=validation)
             except torch.OutOfMemoryError as err:  # re-raised as one, so ComfyUI still unloads its models
                 comfy.model_management.soft_empty_cache(True)
                 raise torch.OutOfMemoryError(

@@ -242,7 +242,7 @@ def test_distill_then_sample_runs_from_the_run_button(page, server):
     set_widgets(page, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT})
     set_widgets(page, "EmptyLatentImage", {"width": 64, "height": 64})
     set_widgets(page, "LSDistillSampler", {"base": "dpmpp_2m", "teacher_steps": 16, "samples": 8,
-                                           "iterations": 30})
+                                           "iterations": 30, "validation": 16})
     set_widgets(page, "LSCompareSamplers", {"seeds": 2, "shown": 2})
     distill_id = page.evaluate("window.app.graph.nodes.find(n => n.type === 'LSDistillSampler').id")
     page.evaluate("""id => { window.__progress = []; window.__progressTimer = setInterval(() => {

@@ -42,6 +42,8 @@ def few_validation_seeds(pack, monkeypatch):
                 and hasattr(getattr(module, "distill_model", None), "__kwdefaults__")):
             defaults = dict(module.distill_model.__kwdefaults__, validation=8)
             monkeypatch.setattr(module.distill_model, "__kwdefaults__", defaults)
+    execute = pack["LSDistillSampler"].execute.__func__  # the node's own default for its optional input
+    monkeypatch.setattr(execute, "__defaults__", execute.__defaults__[:-1] + (8,))
 
 
 @pytest.fixture()
