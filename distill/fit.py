@@ -24,6 +24,7 @@ import math
 import torch
 
 from ..learned_samplers import CORRECTION_LIMIT, half_log_snr, sample_learned, start_noise_scale
+from ..learned_samplers.coefficients import base_tables
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .grid import MonotoneGrid
@@ -108,8 +109,6 @@ def fit_corrections(model, start, targets, sigmas, *, base, convention, correcto
     correction is clamped to +-CORRECTION_LIMIT. One run of N model calls over the S samples,
     without gradients.
     """
-    from ..learned_samplers.coefficients import base_tables
-
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
     steps = len(sigmas) - 1
     tables = base_tables(sigmas, base, convention, corrector)

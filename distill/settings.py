@@ -20,9 +20,9 @@ class FitSettings:
     method: one of METHODS. base: the base solver the corrections sit on ("auto": the best of
     BASE_SOLVERS on the training samples, per NFE); teacher_base, teacher_steps: the teacher's
     solver and step count (checked against half as many, refined where the error this gives,
-    ``teacher.refine_teacher``, is above teacher_tolerance, relative). init_sigmas: the starting grid ("auto": the best built-in
-    schedule, per NFE; "karras", "exponential", "time-uniform", "ays", "beta", "uniform", a dict
-    nfe -> sigmas or a callable). samples,
+    ``teacher.refine_teacher``, is above teacher_tolerance, relative). init_sigmas: the
+    starting grid ("auto": the best built-in schedule, per NFE; "karras", "exponential",
+    "time-uniform", "ays", "beta", "uniform", a dict nfe -> sigmas or a callable). samples,
     validation: training and validation start noises. seed: seeds the noises and the fit.
     iterations: gradient steps per NFE. batch_size: training samples per gradient step, put
     through the model micro_batch at a time (the gradient accumulated: the memory of a

@@ -37,6 +37,7 @@ class StepCosts:
     def __init__(self, rows: torch.Tensor, keep: int = 0, convention: str = "ve"):
         self.rows = rows.bool().cpu()
         self.kept_rows = self.rows.nonzero().flatten()[:keep]
+        self._kept_set = set(self.kept_rows.tolist())
         self.convention = convention
         self.sigmas = []
         self.sums = None
@@ -67,9 +68,8 @@ class StepCosts:
             self._denoised.append(denoised[keep].detach().float())
 
     def _keep(self, chunk: slice, i: int, x: torch.Tensor, denoised):
-        rows = torch.arange(chunk.start, chunk.stop)
-        for offset, row in enumerate(rows.tolist()):
-            if bool((self.kept_rows == row).any()):
+        for offset, row in enumerate(range(chunk.start, chunk.stop)):
+            if row in self._kept_set:
                 d = None if denoised is None else denoised[offset].detach().float().cpu()
                 self._kept.setdefault(i, {})[row] = (x[offset].detach().float().cpu(), d)
 
