@@ -11,11 +11,8 @@ import logging
 import os
 import re
 
-from .files import EXTENSION, LearnedSolverFileError, load_learned_solver
+from .files import EXTENSION, FOLDER, PRESETS, LearnedSolverFileError, load_learned_solver
 from .solver import MAX_NFE, ModelFamilyError
-
-FOLDER = "learned_solvers"
-PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 PRESET_PREFIX = "preset: "
 SCHEDULER_PREFIX = "learned: "
 log = logging.getLogger("learned_solvers")

@@ -59,6 +59,10 @@ OPTIONAL_METADATA = ("model_family", "prediction", "shift", "fingerprint", "cfg"
 # what describes a solver, in reading order (inspect, the Hub card): required, then optional keys
 DESCRIPTION_KEYS = ("method", "base", "convention", "corrector", "nfes", "sigma_min", "sigma_max") + OPTIONAL_METADATA
 EXTENSION = ".safetensors"
+# where learned solvers live in a host's models folder (models/learned_solvers), and the presets
+# the package ships
+FOLDER = "learned_solvers"
+PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
 
 class LearnedSolverFileError(ValueError):

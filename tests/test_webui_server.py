@@ -1,0 +1,106 @@
+"""The extension in a real Stable Diffusion WebUI Forge (``FORGE_PATH``: a ``../shared/webui/setup.sh``
+build; skipped without one): its entries in the API's lists, txt2img, img2img and the hires pass
+with them, the infotext, the coefficients really used, a file added while it runs, a broken file."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+
+import pytest
+
+from webui_server import REFERENCE_EXTENSION, ROOT, ForgeServer, forge_path
+
+from learned_solvers.schedules.webui import file_hash
+
+FORGE = forge_path()
+pytestmark = pytest.mark.skipif(FORGE is None or not (FORGE / "venv" / "bin" / "python").exists(),
+                                reason="set FORGE_PATH to a Forge built by ../shared/webui/setup.sh DEST "
+                                       "(tests/run.sh does) to run the WebUI tests")
+PRESET = ROOT / "schedules" / "presets" / "test_unet_nfe4.safetensors"
+LABEL = "Learned: preset/test_unet_nfe4"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("forge-data")
+    folder = data / "models" / "learned_solvers"
+    folder.mkdir(parents=True)
+    (folder / "broken.safetensors").write_bytes(b"this is not a learned-solver file")
+    forge = ForgeServer(FORGE, data, {"learned-solvers": ROOT, "learned-solvers-reference": REFERENCE_EXTENSION})
+    yield forge
+    forge.stop()
+
+
+def labels(server):
+    return ({item["label"] for item in server.get("/sdapi/v1/schedulers")},
+            {item["name"] for item in server.get("/sdapi/v1/samplers")})
+
+
+def test_the_preset_is_a_schedule_and_a_sampler_and_a_broken_file_is_skipped_with_its_reason(server):
+    schedules, samplers = labels(server)
+    assert LABEL in schedules and LABEL in samplers
+    assert not any("broken" in name for name in schedules | samplers)
+    log = server.log_text()
+    assert "broken.safetensors: skipped" in log
+
+
+def test_txt2img_with_the_learned_sampler_names_it_and_its_hash_in_the_infotext(server):
+    _, info = server.txt2img(sampler_name=LABEL, scheduler="Automatic")
+    # the API silently replaces names it does not know, so the infotext is the proof
+    assert f'Sampler: "{LABEL}"' in info
+    assert f'Schedule type: "{LABEL}"' in info  # Automatic is the sampler's own grid
+    assert f'Learned solver: "{LABEL} [{file_hash(PRESET)}]"' in info
+
+
+def test_the_learned_coefficients_are_used_exactly_as_the_package_samples(server):
+    runs = {}
+    for sampler in (LABEL, "Reference: package sampler", "Reference: plain base"):
+        _, info = server.txt2img(sampler_name=sampler, scheduler=LABEL)
+        assert f'Sampler: "{sampler}"' in info  # not silently replaced by another sampler
+        runs[sampler] = server.last_latent()
+    learned = runs[LABEL]
+    assert learned["finite"] and learned["norm"] > 0 and learned["shape"] == [1, 4, 8, 8]
+    # same model, noise, conditioning and grid: the package's own sampler gives the same latent
+    assert learned["digest"] == runs["Reference: package sampler"]["digest"]
+    # and the coefficients matter: the plain base solver on that grid lands elsewhere
+    assert learned["digest"] != runs["Reference: plain base"]["digest"]
+    assert abs(learned["norm"] - runs["Reference: plain base"]["norm"]) > 1e-4 * learned["norm"]
+
+
+def test_a_learned_schedule_under_a_builtin_sampler_is_named_too(server):
+    _, info = server.txt2img(sampler_name="Euler", scheduler=LABEL)
+    assert "Sampler: Euler" in info and f'Schedule type: "{LABEL}"' in info and "Learned solver:" in info
+
+
+def test_img2img_and_the_hires_pass_take_the_tail_of_the_learned_grid(server):
+    image, _ = server.txt2img(sampler_name=LABEL, scheduler="Automatic")
+    init, info = server.generate("img2img", init_images=[image], denoising_strength=0.5, seed=2,
+                                 sampler_name=LABEL, scheduler="Automatic")
+    assert f'Sampler: "{LABEL}"' in info and "Denoising strength: 0.5" in info
+    assert server.last_latent()["finite"] and _png_size(init) == (64, 64)
+    _, hires = server.txt2img(sampler_name=LABEL, scheduler="Automatic", enable_hr=True, hr_scale=1.5,
+                              hr_upscaler="Latent", denoising_strength=0.5, hr_second_pass_steps=4,
+                              hr_additional_modules=["Use same choices"])  # Forge's API fails without it
+    assert "Hires upscale: 1.5" in hires and f'Sampler: "{LABEL}"' in hires
+    assert server.last_latent()["shape"] == [1, 4, 12, 12]
+    # a tail of a fitted grid gets the tail of its coefficients, never the plain-solver fallback
+    assert "sampling with the plain" not in server.log_text()
+
+
+def test_a_file_saved_while_webui_runs_appears_after_a_refresh(server):
+    folder = server.data / "models" / "learned_solvers"
+    shutil.copy(PRESET, folder / "my portraits.safetensors")
+    answer = server.post("/learned-solvers/v1/refresh")
+    assert "Learned: my_portraits" in answer["added"]
+    schedules, samplers = labels(server)
+    assert "Learned: my_portraits" in schedules and "Learned: my_portraits" in samplers
+    _, info = server.txt2img(sampler_name="Learned: my_portraits", scheduler="Automatic")
+    assert 'Sampler: "Learned: my_portraits"' in info
+
+
+def _png_size(encoded: str) -> tuple:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(encoded))).size
