@@ -26,12 +26,10 @@ import math
 
 import torch
 
-from ..learned_samplers import half_log_snr, sigma_from_half_log_snr
 from ..schedules.comfyui import host_schedules, model_facts
-from ..schedules.grids import grid_coordinate
-from ..schedules.solver import FittedSteps
-from .memory import checkpointed_blocks
 from .compare import compare_solvers
+from .discrete import fractional_timestep, snap_to_discrete
+from .memory import checkpointed_blocks
 from .pipeline import distill
 from .settings import FitSettings
 
@@ -63,51 +61,11 @@ def fingerprint(model) -> str:
 
 def _fractional_sampling(sampling):
     """A copy of a ModelSamplingDiscrete whose ``timestep(sigma)`` is fractional and differentiable."""
-    log_sigmas = sampling.log_sigmas.detach().clone().float()
-
-    def timestep(self, sigma):
-        log_sigma = sigma.log().float()
-        table = log_sigmas.to(log_sigma.device)
-        upper = torch.searchsorted(table, log_sigma.detach().reshape(-1)).clamp(1, len(table) - 1)
-        lower = upper - 1
-        weight = (log_sigma.reshape(-1) - table[lower]) / (table[upper] - table[lower])
-        t = (lower.to(weight.dtype) + weight).clamp(0, len(table) - 1)
-        return t.reshape(sigma.shape).to(sigma.device)
-
+    timestep = fractional_timestep(sampling.log_sigmas)
     fractional = copy.copy(sampling)
-    fractional.__class__ = type("Fractional" + type(sampling).__name__, (type(sampling),), {"timestep": timestep})
+    fractional.__class__ = type("Fractional" + type(sampling).__name__, (type(sampling),),
+                                {"timestep": lambda self, sigma: timestep(sigma)})
     return fractional
-
-
-def snap_to_discrete(fit: FittedSteps, table, sigma_range, convention: str) -> FittedSteps:
-    """``fit`` with its sigmas and evaluation sigmas moved to the nearest of the model's discrete
-    ``table`` sigmas (a final 0 stays), so ComfyUI's nearest-timestep lookup is exact."""
-    table = torch.as_tensor(table, dtype=torch.float64).sort().values
-
-    def nearest(values):
-        logs = values.log()
-        index = (logs[:, None] - table.log()[None, :]).abs().argmin(dim=1)
-        return table[index]
-
-    positive = fit.sigmas[fit.sigmas > 0]
-    snapped = nearest(positive)
-    # neighbours that land on the same training step would repeat a sigma: keep them apart
-    for i in range(1, len(snapped)):
-        if snapped[i] >= snapped[i - 1]:
-            below = table[table < snapped[i - 1]]
-            snapped[i] = below[-1] if len(below) else snapped[i] * 0.5
-    sigmas = torch.cat([snapped, fit.sigmas[len(positive):]])
-    offsets = None
-    if fit.eval_offsets is not None:
-        evaluated = sigma_from_half_log_snr(half_log_snr(fit.sigmas[: len(fit.eval_offsets)], convention)
-                                            + fit.eval_offsets, convention)
-        on_table = nearest(evaluated)
-        offsets = half_log_snr(on_table, convention) - half_log_snr(sigmas[: len(fit.eval_offsets)], convention)
-    result = copy.copy(fit)
-    result.sigmas = sigmas
-    result.coordinate = grid_coordinate(sigmas, sigma_range, convention)
-    result.eval_offsets = offsets
-    return result
 
 
 def _copy_conditioning(conditioning):

@@ -81,6 +81,8 @@ class FitSettings:
             raise ValueError("teacher_steps must be at least 4 and teacher_tolerance between 0 and 1")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ValueError(f"iterations must be a whole number of at least 1; got {self.iterations!r}")
         if self.samples < 1 or self.validation < 1:
             raise ValueError("need at least one training and one validation sample")
         if not 1 <= self.history <= HISTORY:

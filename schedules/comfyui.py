@@ -9,27 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
-from .files import EXTENSION, FOLDER, PRESETS, LearnedSolverFileError, load_learned_solver
-from .solver import MAX_NFE, ModelFamilyError
+from .files import EXTENSION, FOLDER, PRESETS, LearnedSolverFileError, load_learned_solver, new_file_path
+from .solver import ModelFamilyError, parse_nfes
 PRESET_PREFIX = "preset: "
 SCHEDULER_PREFIX = "learned: "
 log = logging.getLogger("learned_solvers")
-
-
-def parse_nfes(text) -> list:
-    """'4, 6' -> [4, 6]; each a step count from 2 to MAX_NFE (one teacher serves them all)."""
-    if isinstance(text, int):
-        text = str(text)
-    parts = [p for p in re.split(r"[,\s]+", str(text).strip()) if p]
-    try:
-        values = sorted({int(p) for p in parts})
-    except ValueError:
-        raise ValueError(f"NFE must be whole numbers separated by commas, e.g. '4' or '4, 6'; got {text!r}") from None
-    if not values or values[0] < 2 or values[-1] > MAX_NFE:
-        raise ValueError(f"each NFE must be between 2 and {MAX_NFE}; got {text!r}")
-    return values
 
 
 def register_folder(folder_paths) -> str:
@@ -66,23 +51,6 @@ def solver_path(folder_paths, choice: str) -> str:
         raise LearnedSolverFileError(f"{choice}: not found in models/{FOLDER}; press R to refresh the list or "
                                      f"put the file there")
     return path
-
-
-def new_file_path(folder: str, name: str) -> str:
-    """A free path for ``name`` (subfolders allowed, no escaping ``folder``): name.safetensors,
-    or name_00001.safetensors, ... when it is taken."""
-    name = name.strip().replace("\\", "/")
-    if name.endswith(EXTENSION):
-        name = name[: -len(EXTENSION)]
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts) or not all(re.fullmatch(r"[\w\-. ]+", p) for p in parts):
-        raise ValueError(f"file name {name!r} must be letters, digits, '-', '_', '.', spaces and '/' for subfolders")
-    stem = os.path.join(folder, *parts)
-    candidate, counter = stem + EXTENSION, 0
-    while os.path.exists(candidate):
-        counter += 1
-        candidate = f"{stem}_{counter:05d}{EXTENSION}"
-    return candidate
 
 
 # ---------------------------------------------------------------------------------------------

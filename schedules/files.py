@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 
@@ -167,6 +168,23 @@ def save_learned_solver(solver, path, metadata: dict | None = None) -> str:
     blob = save(solver_tensors(solver), metadata=solver_metadata(solver, metadata))
     solver_from_bytes(blob, path)  # never write a file that this package would refuse to read
     return write_atomically(path, blob)
+
+
+def new_file_path(folder: str, name: str) -> str:
+    """A free path for ``name`` (subfolders allowed, no escaping ``folder``): name.safetensors,
+    or name_00001.safetensors, ... when it is taken."""
+    name = name.strip().replace("\\", "/")
+    if name.endswith(EXTENSION):
+        name = name[: -len(EXTENSION)]
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts) or not all(re.fullmatch(r"[\w\-. ]+", p) for p in parts):
+        raise ValueError(f"file name {name!r} must be letters, digits, '-', '_', '.', spaces and '/' for subfolders")
+    stem = os.path.join(folder, *parts)
+    candidate, counter = stem + EXTENSION, 0
+    while os.path.exists(candidate):
+        counter += 1
+        candidate = f"{stem}_{counter:05d}{EXTENSION}"
+    return candidate
 
 
 def write_atomically(path, blob: bytes) -> str:
@@ -453,6 +471,7 @@ __all__ = [
     "LearnedSolverFileError",
     "load_learned_solver",
     "read_metadata",
+    "new_file_path",
     "save_learned_solver",
     "solver_from_bytes",
 ]

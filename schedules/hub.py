@@ -73,7 +73,7 @@ def pull_learned_solver(repo_id: str, filename: str, folder: str, *, revision: s
     file validates (``LearnedSolverFileError`` otherwise)."""
     from huggingface_hub import hf_hub_download
 
-    from .comfyui import new_file_path
+    from .files import new_file_path
 
     if not filename.endswith(EXTENSION):
         raise SharingError(f"{filename!r} is not a learned-solver file; they end in {EXTENSION}")

@@ -7,6 +7,7 @@ and writes it, the hosts' adapters sample with it.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -21,6 +22,20 @@ MAX_NFE = 100
 
 # what each convention's models are, for messages
 MODEL_KINDS = {"ve": "an eps/v-prediction model (SD1.x, SDXL)", "flow": "a flow model (SD3, Flux, Wan)"}
+
+
+def parse_nfes(text) -> list:
+    """'4, 6' -> [4, 6]; each a step count from 2 to MAX_NFE (one teacher serves them all)."""
+    if isinstance(text, int):
+        text = str(text)
+    parts = [p for p in re.split(r"[,\s]+", str(text).strip()) if p]
+    try:
+        values = sorted({int(p) for p in parts})
+    except ValueError:
+        raise ValueError(f"NFE must be whole numbers separated by commas, e.g. '4' or '4, 6'; got {text!r}") from None
+    if not values or values[0] < 2 or values[-1] > MAX_NFE:
+        raise ValueError(f"each NFE must be between 2 and {MAX_NFE}; got {text!r}")
+    return values
 
 
 class ModelFamilyError(ValueError):

@@ -22,6 +22,8 @@ import hashlib
 import logging
 import os
 
+import torch
+
 from .files import EXTENSION, FOLDER, PRESETS, LearnedSolverFileError, load_learned_solver
 from .solver import ModelFamilyError
 
@@ -96,6 +98,12 @@ def list_entries(folder: str, reserved=()) -> tuple:
     return entries, problems
 
 
+def entry_for(folder: str, path: str):
+    """The ``Entry`` of the file at ``path`` (None when it is not a valid file under ``folder``)."""
+    target = os.path.realpath(path)
+    return next((e for e in list_entries(folder)[0] if os.path.realpath(e.path) == target), None)
+
+
 def model_convention(inner_model) -> str:
     """"flow" or "ve" for WebUI's k-diffusion model wrapper (Forge: its ``predictor``, 'const'
     prediction for flow models; A1111's CompVis wrappers: eps and v models, "ve")."""
@@ -136,6 +144,33 @@ def sampler_function(entry: Entry):
         return sampler(model, x, sigmas, extra_args, callback, disable)
 
     return sample_learned_solver
+
+
+def host_schedules(sd_schedulers, inner_model, sigma_min: float, sigma_max: float) -> dict:
+    """WebUI's own schedules for this model (what its Schedule type menu offers), name -> (steps
+    -> sigmas [steps + 1], float64), learned and "Automatic" entries left out: the built-ins a
+    fit is scored against and may start from. A schedule that fails for this model (one that
+    needs another model family) is left out."""
+    def make(scheduler):
+        def sigmas(steps):
+            kwargs = {"n": int(steps), "sigma_min": sigma_min, "sigma_max": sigma_max, "device": "cpu"}
+            if scheduler.need_inner_model:
+                kwargs["inner_model"] = inner_model
+            return torch.as_tensor(scheduler.function(**kwargs)).detach().to("cpu", torch.float64)
+        return sigmas
+
+    chosen = {}
+    for scheduler in sd_schedulers.schedulers:
+        if scheduler.function is None or str(scheduler.name).startswith(NAME_PREFIX):
+            continue
+        function = make(scheduler)
+        try:
+            function(4)
+        except Exception as err:  # noqa: BLE001 - a host schedule this model cannot use is skipped
+            log.debug("schedule %s left out: %s", scheduler.label, err)
+            continue
+        chosen[scheduler.label] = function
+    return chosen
 
 
 def _host_schedule_names(sd_schedulers) -> set:
@@ -209,7 +244,9 @@ __all__ = [
     "FOLDER",
     "INFOTEXT_KEY",
     "LABEL_PREFIX",
+    "entry_for",
     "file_hash",
+    "host_schedules",
     "infotext_fields",
     "list_entries",
     "model_convention",

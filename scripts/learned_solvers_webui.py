@@ -2,8 +2,9 @@
 ``scripts/*.py`` of an extension at start-up, ComfyUI only the folder's ``__init__.py``.
 
 Glue only: it loads this folder as the ``learned_solvers`` package, hands WebUI's modules to
-``learned_solvers.schedules.webui`` (which holds the logic) and adds what WebUI asks of an
-extension: the entries at start-up, an API route that rescans the folder, and the infotext.
+``learned_solvers.schedules.webui`` and ``learned_solvers.distill.webui`` (which hold the
+logic) and adds what WebUI asks of an extension: the entries at start-up, the API routes
+(rescan the folder; distill for the loaded checkpoint), and the infotext.
 """
 
 import importlib.util
@@ -28,12 +29,16 @@ def _load_package():
 
 _load_package()
 
+from learned_solvers.distill import webui as fitting  # noqa: E402
+from learned_solvers.distill.cost import progress_text  # noqa: E402
 from learned_solvers.schedules import webui  # noqa: E402
-from modules import (paths, script_callbacks, scripts, sd_samplers, sd_samplers_common,  # noqa: E402
-                     sd_samplers_kdiffusion, sd_schedulers)
+from learned_solvers.schedules.files import new_file_path, save_learned_solver  # noqa: E402
+from modules import (paths, processing, script_callbacks, scripts, sd_samplers, sd_samplers_common,  # noqa: E402
+                     sd_samplers_kdiffusion, sd_schedulers, shared)
 
-WEBUI = types.SimpleNamespace(sd_schedulers=sd_schedulers, sd_samplers=sd_samplers,
-                              sd_samplers_common=sd_samplers_common, sd_samplers_kdiffusion=sd_samplers_kdiffusion)
+WEBUI = types.SimpleNamespace(sd_schedulers=sd_schedulers, sd_samplers=sd_samplers, processing=processing,
+                              shared=shared, sd_samplers_common=sd_samplers_common,
+                              sd_samplers_kdiffusion=sd_samplers_kdiffusion)
 FOLDER = os.path.join(paths.models_path, webui.FOLDER)
 
 
@@ -46,15 +51,138 @@ def refresh() -> list:
 refresh()
 
 
+def _network():
+    """The loaded checkpoint's network (Forge: the UNet patcher's model; A1111: the wrapper)."""
+    model = shared.sd_model
+    forge = getattr(model, "forge_objects", None)
+    return forge.unet.model if forge is not None else model.model
+
+
+def _model_facts() -> dict:
+    model = shared.sd_model
+    info = getattr(model, "sd_checkpoint_info", None)
+    return {"family": type(model).__name__, "checkpoint": getattr(info, "name_for_extra", None),
+            "checkpoint_hash": getattr(info, "shorthash", None)}
+
+
+def _progress(step, total, loss, held_out, seconds_left):
+    shared.state.sampling_steps, shared.state.sampling_step = int(total), int(step)
+    shared.state.textinfo = progress_text(step, total, loss, held_out, seconds_left)
+
+
+def fit_and_save(body: dict) -> tuple:
+    """Fit for the loaded checkpoint (``fitting.parse_request``'s fields), save the file into
+    models/learned_solvers and register it: (the answer, the solver). WebUI's Interrupt stops
+    the fit and nothing is saved. Raises ValueError (a bad request), ``fitting.FitCancelled``,
+    PermissionError (the folder cannot be written, checked before the fit) or the fit's error."""
+    from modules.call_queue import queue_lock
+
+    request = fitting.parse_request(body)
+    os.makedirs(FOLDER, exist_ok=True)
+    path = new_file_path(FOLDER, request.pop("name"))
+    if not os.access(FOLDER, os.W_OK):
+        raise PermissionError(f"{FOLDER} is not writable; the learned solver could not be saved")
+    with queue_lock:
+        shared.state.begin(job="learned_solvers_distill")
+        try:
+            solver = fitting.distill_webui_model(WEBUI, network=_network, progress=_progress,
+                                                 cancel=lambda: bool(shared.state.interrupted),
+                                                 provenance=_model_facts, **request)
+        finally:
+            shared.state.end()
+    save_learned_solver(solver, path)
+    added = refresh()
+    entry = webui.entry_for(FOLDER, path)
+    answer = {"file": path, "label": entry.label if entry else None, "added": added, "summary": solver.summary()}
+    return answer, solver
+
+
+def distill(body: dict) -> dict:
+    """POST /learned-solvers/v1/distill: ``fit_and_save`` as an API route."""
+    from fastapi import HTTPException
+
+    try:
+        return fit_and_save(body)[0]
+    except ValueError as err:
+        raise HTTPException(status_code=422, detail=fitting.error_advice(err)) from None
+    except fitting.FitCancelled as err:
+        raise HTTPException(status_code=409, detail=f"{err}; nothing was saved") from None
+    except PermissionError as err:
+        raise HTTPException(status_code=507, detail=str(err)) from None
+    except (FloatingPointError, MemoryError, RuntimeError) as err:
+        raise HTTPException(status_code=422, detail=fitting.error_advice(err)) from None
+
+
 def _routes(_demo, app):
     def refresh_route():
         added = refresh()
         return {"added": added, "entries": [entry.label for entry in webui.list_entries(FOLDER)[0]]}
 
     app.add_api_route("/learned-solvers/v1/refresh", refresh_route, methods=["POST"])
+    app.add_api_route("/learned-solvers/v1/distill", distill, methods=["POST"])
 
 
 script_callbacks.on_app_started(_routes)
+
+# the tab's inputs: (request field, label, default); numbers are whole unless their default is not
+TAB_FIELDS = (("prompt", "Prompt", ""), ("negative_prompt", "Negative prompt", ""), ("cfg_scale", "CFG scale", 7.0),
+              ("width", "Width", 512), ("height", "Height", 512), ("nfe", "NFE (steps; several as 4, 6)", "4"),
+              ("method", "Method", "auto"), ("samples", "Training samples", fitting.FitSettings().samples),
+              ("validation", "Validation samples", fitting.FitSettings().validation),
+              ("iterations", "Iterations", fitting.FitSettings().iterations),
+              ("teacher_steps", "Teacher steps", fitting.FitSettings().teacher_steps),
+              ("seed", "Seed", 0), ("name", "File name (in models/learned_solvers)", ""))
+
+
+def _tab():
+    """The "Learned Solvers" tab: ``fit_and_save`` with the Distill node's options, then the
+    grid drawn against the built-ins and the comparison table."""
+    import gradio as gr
+
+    from learned_solvers.schedules import reference_schedules
+    from learned_solvers.schedules.plot import solver_figure
+
+    with gr.Blocks(analytics_enabled=False) as tab:
+        with gr.Row():
+            with gr.Column():
+                inputs = []
+                for key, label, default in TAB_FIELDS:
+                    if key in ("prompt", "negative_prompt"):
+                        inputs.append(gr.Textbox(label=label, value=default, lines=2))
+                    elif key == "method":
+                        inputs.append(gr.Dropdown(label=label, choices=list(fitting.METHODS), value=default))
+                    elif isinstance(default, str):
+                        inputs.append(gr.Textbox(label=label, value=default))
+                    else:
+                        inputs.append(gr.Number(label=label, value=default, precision=None if isinstance(default, float)
+                                                else 0))
+                with gr.Row():
+                    fit_button = gr.Button("Fit for the loaded checkpoint", variant="primary")
+                    interrupt = gr.Button("Interrupt")
+            with gr.Column():
+                figure = gr.Image(label="Learned grid against the built-ins", type="pil")
+                summary = gr.Textbox(label="Against the built-in solvers and schedules", lines=16)
+
+        def run(*values):
+            body = {key: value for (key, _, _), value in zip(TAB_FIELDS, values) if value not in ("", None)}
+            try:
+                answer, solver = fit_and_save(body)
+            except fitting.FitCancelled:
+                return None, "interrupted: nothing was saved"
+            except (ValueError, PermissionError, FloatingPointError, MemoryError, RuntimeError) as err:
+                return None, f"not fitted: {fitting.error_advice(err)}"
+            first = solver.nfes[0]
+            picture = solver_figure(solver, first, reference_schedules(first, *solver.sigma_range))
+            return picture, (f"{answer['summary']}\nsaved {answer['file']} as {answer['label']!r}: in the Sampler "
+                             f"and Schedule type lists of the API now, in the txt2img and img2img menus after "
+                             f"Reload UI")
+
+        fit_button.click(run, inputs=inputs, outputs=[figure, summary])
+        interrupt.click(lambda: shared.state.interrupt(), inputs=[], outputs=[])
+    return [(tab, "Learned Solvers", "learned_solvers")]
+
+
+script_callbacks.on_ui_tabs(_tab)
 
 
 class LearnedSolverInfotext(scripts.Script):

@@ -138,3 +138,166 @@ def test_the_infotext_names_each_learned_file_once_with_its_hash(tmp_path):
     assert fields == {"Learned solver": f"{label} [{webui.file_hash(str(PRESET))}]"}
     assert webui.infotext_fields(host, "Euler", "Karras") == {}
     assert len(webui.file_hash(str(PRESET))) == webui.HASH_LENGTH
+
+
+# --- the fit inside WebUI's processing (``distill.webui``), against stand-ins --------------------
+
+from learned_solvers.distill import webui as fitting  # noqa: E402
+from learned_solvers.distill.discrete import is_discrete  # noqa: E402
+from learned_solvers.schedules.grids import discrete_vp_sigmas  # noqa: E402
+
+
+class Multicond:  # WebUI's prompt_parser.MulticondLearnedConditioning
+    def __init__(self, shape, batch):
+        self.shape, self.batch = shape, batch
+
+
+def test_one_prompts_conditioning_is_repeated_for_a_batch_and_copied_out_of_inference_mode():
+    with torch.inference_mode():
+        cond = Multicond((1,), [[types.SimpleNamespace(schedules=[torch.ones(77, 8)], weight=1.0)]])
+        args = {"cond": cond, "uncond": [[torch.zeros(77, 8)]], "image_cond": torch.zeros(1, 5, 1, 1),
+                "cond_scale": 5.0, "s_min_uncond": 0.0}
+    copied = fitting._ordinary(args)
+    assert not copied["cond"].batch[0][0].schedules[0].is_inference() and not copied["image_cond"].is_inference()
+    assert args["cond"].batch[0][0].schedules[0].is_inference()  # the original is left as it was
+    repeated = fitting.repeat_conditioning(copied, 3)
+    assert repeated["cond"].shape == (3,) and len(repeated["cond"].batch) == 3 and len(repeated["uncond"]) == 3
+    assert repeated["image_cond"].shape == (3, 5, 1, 1) and repeated["cond_scale"] == 5.0
+    assert len(copied["cond"].batch) == 1  # repeating makes a new object
+
+
+def test_the_weights_stay_out_of_autograd_during_the_fit_and_come_back_as_they_were():
+    network = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    network[1].weight.requires_grad_(False)
+    with torch.inference_mode():
+        frozen_inference = torch.nn.Linear(3, 3)  # weights made in inference mode, as WebUI may load them
+    network.append(frozen_inference)
+    originals = [p for p in network.parameters()]
+    flags = [p.requires_grad for p in originals]
+    with fitting.frozen_weights(network):
+        assert not any(p.requires_grad or p.is_inference() for p in network.parameters())
+        x = torch.randn(2, 3, requires_grad=True)
+        network[2](network[0](x)).sum().backward()  # an inference weight would fail here
+        assert x.grad is not None and all(p.grad is None for p in network.parameters())
+    assert [p for p in network.parameters()] == originals and [p.requires_grad for p in originals] == flags
+
+
+class DiscretePredictor:  # Forge's k_prediction.Prediction: nearest training step
+    prediction_type = "epsilon"
+
+    def __init__(self):
+        self.sigmas = discrete_vp_sigmas().float()
+        self.log_sigmas = self.sigmas.log()
+
+    def timestep(self, sigma):
+        return (sigma.log()[None] - self.log_sigmas[:, None]).abs().argmin(dim=0).view(sigma.shape)
+
+
+def test_a_discrete_models_timestep_is_fractional_during_the_fit_and_restored_after():
+    predictor = DiscretePredictor()
+    assert is_discrete(predictor.timestep, predictor.sigmas)
+    assert not is_discrete(lambda sigma: sigma * 1000, torch.linspace(0.001, 1, 1000))  # flow time
+    sigma = torch.tensor([1.0], requires_grad=True)
+    with fitting.fractional_steps(predictor) as table:
+        assert table is not None and len(table) == 1000
+        t = predictor.timestep(sigma)
+        t.sum().backward()
+        assert sigma.grad is not None and float(sigma.grad) != 0 and t.item() != round(t.item())
+    assert "timestep" not in vars(predictor) and predictor.timestep(torch.tensor([1.0])).dtype == torch.long
+
+
+class InterruptedException(BaseException):  # WebUI's sd_samplers_common.InterruptedException
+    pass
+
+
+def fake_processing(cfg_model):
+    """Stand-ins for WebUI's processing: process_images runs the registered sampler the way
+    KDiffusionSampler does, under inference mode, with a one-prompt conditioning."""
+    host = fake_webui()
+    host.sd_samplers_common.InterruptedException = InterruptedException
+    host.shared = types.SimpleNamespace(sd_model=object())
+    seen = {}
+
+    class Processing:
+        def __init__(self, **fields):
+            self.fields = fields
+
+    def process_images(p):
+        seen["fields"] = p.fields
+        data = host.sd_samplers.all_samplers_map[p.fields["sampler_name"]]
+        sampler = data.constructor(cfg_model)
+        with torch.inference_mode():
+            x = torch.zeros(1, 4, 8, 8)
+            extra = {"cond": Multicond((1,), [["prompt"]]), "uncond": [["negative"]], "image_cond": None,
+                     "cond_scale": 5.0, "s_min_uncond": 0.0}
+            try:
+                out = sampler.func(sampler.model, x, torch.tensor([14.6, 0.0]), extra)
+            except InterruptedException:
+                out = x
+        seen["out_shape"] = tuple(out.shape)
+
+    host.processing = types.SimpleNamespace(StableDiffusionProcessingTxt2Img=Processing, process_images=process_images)
+    return host, seen
+
+
+class CFGModel:
+    def __init__(self, interrupt_after=None):
+        self.inner_model = types.SimpleNamespace(predictor=Predictor("epsilon"), sigmas=torch.tensor([0.03, 14.6]))
+        self.calls, self.interrupt_after = 0, interrupt_after
+
+    def __call__(self, x, sigma, cond, uncond, cond_scale, s_min_uncond, image_cond):
+        self.calls += 1
+        if self.interrupt_after is not None and self.calls > self.interrupt_after:
+            raise InterruptedException
+        assert len(cond.batch) == x.shape[0] == len(uncond)
+        return x * 0.5
+
+
+def test_the_fit_runs_on_webuis_cfg_denoiser_outside_inference_mode_and_the_driver_is_gone_after():
+    model = CFGModel()
+    host, seen = fake_processing(model)
+
+    def body(denoiser, device, facts):
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+        x = torch.ones(3, 4, 8, 8, requires_grad=True)
+        denoiser(x, torch.full((3,), 2.0)).sum().backward()
+        return facts["convention"], float(x.grad.mean()), facts["sigma_max"]
+
+    result = fitting.run_in_webui(host, body, prompt="a cat", negative_prompt="", cfg=5, width=64, height=64, seed=1,
+                                  for_gradients=True, override_settings={"emphasis": "None"})
+    assert result == ("ve", 0.5, pytest.approx(14.6)) and seen["out_shape"] == (1, 4, 8, 8)
+    assert seen["fields"]["override_settings"] == {"emphasis": "None"} and seen["fields"]["do_not_save_samples"]
+    assert fitting.DRIVER not in host.sd_samplers.all_samplers_map
+    assert all(data.name != fitting.DRIVER for data in host.sd_samplers.all_samplers)
+
+
+def test_an_interrupt_or_a_failure_inside_the_fit_lets_webui_finish_and_is_raised_after():
+    host, seen = fake_processing(CFGModel(interrupt_after=1))
+
+    def body(denoiser, device, facts):
+        for _ in range(3):
+            denoiser(torch.ones(2, 4, 8, 8), torch.full((2,), 2.0))
+
+    with pytest.raises(fitting.FitCancelled):
+        fitting.run_in_webui(host, body, prompt="", negative_prompt="", cfg=5, width=64, height=64, seed=1)
+    assert seen["out_shape"] == (1, 4, 8, 8)  # one latent of the prompt's batch, as WebUI expects
+    host, seen = fake_processing(CFGModel())
+
+    def failing(denoiser, device, facts):
+        raise FloatingPointError("the teacher run produced NaN")
+
+    with pytest.raises(FloatingPointError, match="NaN"):
+        fitting.run_in_webui(host, failing, prompt="", negative_prompt="", cfg=5, width=64, height=64, seed=1)
+    assert seen["out_shape"] == (1, 4, 8, 8) and fitting.DRIVER not in host.sd_samplers.all_samplers_map
+
+
+def test_a_distill_request_is_checked_before_any_work():
+    request = fitting.parse_request({"prompt": "a cat", "nfe": [6, 4], "cfg_scale": 6, "iterations": 10,
+                                     "override_settings": {"CLIP_stop_at_last_layers": 2}})
+    assert request["nfe"] == [4, 6] and request["cfg"] == 6.0 and request["name"] == "webui_nfe4_6"
+    assert request["override_settings"] == {"CLIP_stop_at_last_layers": 2} and request["iterations"] == 10
+    for body, words in (({"nfe": "0"}, "between 2"), ({"height": 4000}, "multiple of 8"), ({"steps": 3}, "unknown"),
+                        ({"iterations": 0}, "at least 1"), ({"method": "magic"}, "unknown method"),
+                        ({"cfg_scale": "x"}, "cfg_scale"), ({"override_settings": [1]}, "override_settings")):
+        with pytest.raises(ValueError, match=words):
+            fitting.parse_request(body)

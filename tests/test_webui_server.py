@@ -104,3 +104,84 @@ def _png_size(encoded: str) -> tuple:
     from PIL import Image
 
     return Image.open(io.BytesIO(base64.b64decode(encoded))).size
+
+
+# A fit small enough for 2 CPU cores: the route's defaults are the Distill node's.
+TINY_FIT = {"prompt": "a cat", "width": 64, "height": 64, "cfg_scale": 5, "nfe": "3", "samples": 2, "validation": 2,
+            "iterations": 2, "teacher_steps": 4, "override_settings": {"emphasis": "None"}}
+
+
+def test_the_distill_route_fits_the_loaded_checkpoint_saves_a_file_and_lists_it_without_a_restart(server):
+    from learned_solvers.schedules.files import load_learned_solver
+
+    _, before_info = server.txt2img(sampler_name="Euler", scheduler="karras")
+    before = server.last_latent()
+    answer = server.post("/learned-solvers/v1/distill", {**TINY_FIT, "name": "fitted here"})
+    solver = load_learned_solver(answer["file"])
+    assert solver.nfes == [3] and solver.convention == "ve"
+    assert answer["label"] == "Learned: fitted_here" and answer["added"] == ["Learned: fitted_here"]
+    assert "best built-in pair" in answer["summary"] and "model calls" in answer["summary"]
+    schedules, samplers = labels(server)
+    assert answer["label"] in schedules and answer["label"] in samplers
+    _, info = server.txt2img(sampler_name=answer["label"], scheduler="Automatic", steps=3)
+    assert f'Sampler: "{answer["label"]}"' in info and server.last_latent()["finite"]
+    # the loaded model is as it was: the same request gives the same latent as before the fit
+    server.txt2img(sampler_name="Euler", scheduler="karras")
+    assert server.last_latent()["digest"] == before["digest"]
+
+
+def test_an_interrupted_fit_saves_nothing_and_webui_goes_on(server):
+    import threading
+    import time
+    import urllib.error
+
+    folder = server.data / "models" / "learned_solvers"
+    files_before = sorted(folder.rglob("*.safetensors"))
+    outcome = {}
+
+    def fit():
+        try:
+            outcome["answer"] = server.post("/learned-solvers/v1/distill", {**TINY_FIT, "iterations": 400,
+                                                                            "name": "interrupted"})
+        except urllib.error.HTTPError as err:
+            outcome["status"], outcome["detail"] = err.code, err.read().decode()
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and "fitting" not in str(server.get("/sdapi/v1/progress").get("textinfo")):
+        time.sleep(0.5)  # into the gradient steps
+    progress = server.get("/sdapi/v1/progress")
+    assert "left" in progress["textinfo"] and progress["state"]["job"] == "learned_solvers_distill"
+    server.post("/sdapi/v1/interrupt")
+    thread.join(300)
+    assert outcome.get("status") == 409 and "nothing was saved" in outcome["detail"]
+    assert sorted(folder.rglob("*.safetensors")) == files_before
+    _, info = server.txt2img(sampler_name=LABEL, scheduler="Automatic")
+    assert f'Sampler: "{LABEL}"' in info and server.last_latent()["finite"]
+
+
+def test_a_bad_distill_request_is_refused_with_what_to_change(server):
+    import urllib.error
+
+    for body, words in (({"nfe": "1"}, "between 2"), ({"width": 65}, "multiple of 8"), ({"stepz": 3}, "unknown field"),
+                        ({"iterations": 0}, "at least 1")):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            server.post("/learned-solvers/v1/distill", {**TINY_FIT, **body})
+        assert caught.value.code == 422 and words in caught.value.read().decode()
+
+
+def test_the_learned_solvers_tab_is_on_the_web_page_with_the_distill_options(tmp_path):
+    # the page needs the assets repository a WebUI install clones; setup.sh leaves it out and an
+    # empty folder is all the page needs
+    (FORGE / "src" / "repositories" / "stable-diffusion-webui-assets").mkdir(parents=True, exist_ok=True)
+    forge = ForgeServer(FORGE, tmp_path / "forge-ui", {"learned-solvers": ROOT}, ui=True)
+    try:
+        components = [c.get("props", {}) for c in forge.get("/config")["components"]]
+    finally:
+        forge.stop()
+    tabs = [props.get("label") for props in components if props.get("label") == "Learned Solvers"]
+    labels = {props.get("label") for props in components}
+    assert tabs and {"Prompt", "Negative prompt", "CFG scale", "NFE (steps; several as 4, 6)", "Method",
+                     "Iterations", "Teacher steps", "Learned grid against the built-ins"} <= labels
+    assert any(props.get("value") == "Fit for the loaded checkpoint" for props in components)

@@ -39,9 +39,10 @@ def free_port() -> int:
 
 class ForgeServer:
     """Forge from ``forge`` (a setup.sh DEST) with ``data`` as its data folder and ``extensions``
-    (folder name -> folder) linked into ``data/extensions``."""
+    (folder name -> folder) linked into ``data/extensions``; ui: also build the web page (else
+    the API alone, as ``start_server.sh`` runs it)."""
 
-    def __init__(self, forge: Path, data: Path, extensions: dict):
+    def __init__(self, forge: Path, data: Path, extensions: dict, ui: bool = False):
         self.forge, self.data, self.port = Path(forge), Path(data), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (self.data / "extensions").mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,7 @@ class ForgeServer:
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [str(self.forge / "venv" / "bin" / "python"), "launch.py", "--skip-prepare-environment",
-             "--skip-torch-cuda-test", "--always-cpu", "--nowebui", "--api", "--server-name", "127.0.0.1",
+             "--skip-torch-cuda-test", "--always-cpu", *([] if ui else ["--nowebui"]), "--api", "--server-name", "127.0.0.1",
              "--port", str(self.port), "--no-download-sd-model", "--data-dir", str(self.data),
              "--ckpt-dir", str(self.forge / "models" / "Stable-diffusion"), "--disable-console-progressbars"],
             cwd=self.forge / "src", env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -71,7 +72,8 @@ class ForgeServer:
         raise RuntimeError(f"Forge did not answer in {START_TIMEOUT} s:\n" + self.log_text()[-4000:])
 
     def log_text(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def get(self, path: str, timeout: float = REQUEST_TIMEOUT):
