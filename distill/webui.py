@@ -266,4 +266,4 @@ def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: f
     return solver
 
 
-__all__ = ["DRIVER", "REQUEST_SETTINGS", "FitCancelled", "distill_webui_model", "error_advice", "parse_request", "frozen_weights", "repeat_conditioning", "run_in_webui"]
+__all__ = ["DRIVER", "METHODS", "REQUEST_SETTINGS", "FitCancelled", "FitSettings", "distill_webui_model", "error_advice", "parse_request", "frozen_weights", "repeat_conditioning", "run_in_webui"]

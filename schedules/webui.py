@@ -105,10 +105,13 @@ def entry_for(folder: str, path: str):
 
 
 def model_convention(inner_model) -> str:
-    """"flow" or "ve" for WebUI's k-diffusion model wrapper (Forge: its ``predictor``, 'const'
-    prediction for flow models; A1111's CompVis wrappers: eps and v models, "ve")."""
+    """"flow" or "ve" for WebUI's k-diffusion model wrapper. Forge: its ``predictor``, 'const'
+    prediction for flow models. A1111: its CompVis wrappers (eps and v models) are "ve", SD3's
+    wrapper (a DiscreteSchedule over flow time, its model ``is_sd3``) is "flow"."""
     predictor = getattr(inner_model, "predictor", None)
-    return "flow" if getattr(predictor, "prediction_type", None) == "const" else "ve"
+    if predictor is not None:
+        return "flow" if getattr(predictor, "prediction_type", None) == "const" else "ve"
+    return "flow" if getattr(getattr(inner_model, "inner_model", None), "is_sd3", False) else "ve"
 
 
 def schedule_function(entry: Entry):
@@ -141,7 +144,8 @@ def sampler_function(entry: Entry):
             raise ModelFamilyError(f"{entry.label} was fitted for a {solver.convention} model, but this model is "
                                    f"{convention}; distill one for this model")
         sampler = solver.k_sampler(warn=lambda note: log.warning("%s: %s", entry.label, note))
-        return sampler(model, x, sigmas, extra_args, callback, disable)
+        # A1111 hands a schedule's sigmas over on the CPU, whatever the latent's device
+        return sampler(model, x, torch.as_tensor(sigmas).to(x.device), extra_args, callback, disable)
 
     return sample_learned_solver
 

@@ -164,18 +164,37 @@ def _tab():
                 summary = gr.Textbox(label="Against the built-in solvers and schedules", lines=16)
 
         def run(*values):
+            """Fit in a worker thread and stream WebUI's progress text into the table until it ends."""
+            import threading
+            import time
+
             body = {key: value for (key, _, _), value in zip(TAB_FIELDS, values) if value not in ("", None)}
-            try:
-                answer, solver = fit_and_save(body)
-            except fitting.FitCancelled:
-                return None, "interrupted: nothing was saved"
-            except (ValueError, PermissionError, FloatingPointError, MemoryError, RuntimeError) as err:
-                return None, f"not fitted: {fitting.error_advice(err)}"
+            outcome = {}
+
+            def work():
+                try:
+                    outcome["done"] = fit_and_save(body)
+                except Exception as err:  # noqa: BLE001 - shown in the tab, not lost in a thread
+                    outcome["error"] = err
+
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            while worker.is_alive():
+                yield None, shared.state.textinfo or "starting"
+                time.sleep(1)
+            error = outcome.get("error")
+            if isinstance(error, fitting.FitCancelled):
+                yield None, "interrupted: nothing was saved"
+                return
+            if error is not None:
+                yield None, f"not fitted: {fitting.error_advice(error)}"
+                return
+            answer, solver = outcome["done"]
             first = solver.nfes[0]
             picture = solver_figure(solver, first, reference_schedules(first, *solver.sigma_range))
-            return picture, (f"{answer['summary']}\nsaved {answer['file']} as {answer['label']!r}: in the Sampler "
-                             f"and Schedule type lists of the API now, in the txt2img and img2img menus after "
-                             f"Reload UI")
+            yield picture, (f"{answer['summary']}\nsaved {answer['file']} as {answer['label']!r}: in the Sampler "
+                            f"and Schedule type lists of the API now, in the txt2img and img2img menus after "
+                            f"Reload UI")
 
         fit_button.click(run, inputs=inputs, outputs=[figure, summary])
         interrupt.click(lambda: shared.state.interrupt(), inputs=[], outputs=[])

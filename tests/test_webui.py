@@ -111,6 +111,16 @@ def test_the_schedule_is_the_files_grid_on_the_models_range_and_refuses_a_flow_m
                  device="cpu")
 
 
+def test_the_model_kind_is_read_off_forges_predictor_and_a1111s_wrappers():
+    assert webui.model_convention(types.SimpleNamespace(predictor=Predictor("epsilon"))) == "ve"
+    assert webui.model_convention(types.SimpleNamespace(predictor=Predictor("v_prediction"))) == "ve"
+    assert webui.model_convention(types.SimpleNamespace(predictor=Predictor("const"))) == "flow"
+    a1111_sd15 = types.SimpleNamespace(inner_model=types.SimpleNamespace(parameterization="eps"))
+    a1111_sd3 = types.SimpleNamespace(inner_model=types.SimpleNamespace(parameterization="eps", is_sd3=True))
+    assert webui.model_convention(a1111_sd15) == "ve" and webui.model_convention(a1111_sd3) == "flow"
+    assert webui.model_convention(None) == "ve"
+
+
 def test_the_sampler_is_the_packages_sampler_with_the_files_coefficients_and_their_tail():
     entry = webui.list_entries("/no/such/folder")[0][0]
     solver = load_learned_solver(PRESET)
