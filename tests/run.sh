@@ -7,7 +7,7 @@
 #    $LEARNED_SOLVERS_HOSTS, default /tmp/learned-solvers-hosts; reused when already there),
 #    unless COMFYUI_PATH already names a checkout; Stable Diffusion WebUI Forge from
 #    ../shared/webui the same way (its setup.sh: its own venv and a random-weight checkpoint),
-#    unless FORGE_PATH already names one; and Chromium for the browser test (Debian's
+#    unless FORGE_PATH already names one; and Chromium for the browser tests (Debian's
 #    `chromium`, installed with apt-get when running as root and it is missing; CHROMIUM names
 #    another binary).
 # 3. Runs the whole suite. A clone alone (no ../shared, no COMFYUI_PATH or FORGE_PATH) still
@@ -36,7 +36,7 @@ if [ -z "${FORGE_PATH:-}" ] && [ -f "$shared/webui/setup.sh" ]; then
 fi
 
 chromium=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
-if [ -z "$chromium" ] && [ -n "${COMFYUI_PATH:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+if [ -z "$chromium" ] && { [ -n "${COMFYUI_PATH:-}" ] || [ -n "${FORGE_PATH:-}" ]; } && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing Debian's chromium for the browser test" >&2
   DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
