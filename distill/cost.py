@@ -116,7 +116,7 @@ def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterat
     fit: one run of the ``corrections`` samples the closed-form coefficients are fitted on
     (``fit.fit_corrections``), ``iterations`` x ``batch_size`` unrolled runs of ``nfe`` calls (twice with
     ``checkpoint``, once backward), validation every ``validate_every`` iterations and at the
-    start and end; selection: the fitted candidate on the validation samples once more. D-ODE
+    start and end (the selection reuses the best snapshot's errors). D-ODE
     (``gradient_fit`` False) instead runs the teacher again on the training samples (about
     ``teacher_steps`` calls, keeping its states on the floor's grid) and the student once.
     """
@@ -131,7 +131,7 @@ def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterat
         return {"inference": floor + samples * (teacher_steps + nfe) + validation * nfe, "gradient": 0, "backward": 0}
     runs = iterations * batch_size * nfe
     validations = 1 + math.ceil(iterations / validate_every)
-    inference = floor + (validations + 1) * validation * nfe + corrections * nfe
+    inference = floor + validations * validation * nfe + corrections * nfe
     return {"inference": inference, "gradient": runs * (2 if checkpoint else 1), "backward": runs}
 
 

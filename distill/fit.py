@@ -253,7 +253,8 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
                  total_steps: int | None = None, progress=None, cancel=None,
                  max_rejections: int = 10, decay_to: float = 0.1, floor_errors=None, loss_cap=None):
     """Backpropagate through the unrolled student; returns (best FittedSteps, its validation
-    score (``scoring.mean_error``), params, log).
+    score (``scoring.mean_error``), params, log); log["best_errors"] holds the best snapshot's
+    per-sample validation errors, so the caller need not run it again.
 
     From ``settings``: batch_size (training samples per step; micro_batch at a time),
     validate_every (iterations between validation runs), lr, loss, slack, history,
@@ -311,11 +312,11 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
         snap = params.snapshot(keep, method, convention, sigma_range)
         errors = per_sample_errors(model, teacher, validation, snap, setup, settings.inference_batch_size)
         allowed = floor_errors is None or no_worse_tail(errors, floor_errors)
-        return snap, mean_error(errors) if allowed else math.inf, overall_rmse(errors)
+        return snap, mean_error(errors) if allowed else math.inf, overall_rmse(errors), errors
 
-    best, best_score, first_rmse = validate()
+    best, best_score, first_rmse, best_errors = validate()
     best_state = copy.deepcopy(params.state_dict())
-    log = {"losses": [], "validation": [(step_offset, first_rmse)], "rejected": 0}
+    log = {"losses": [], "validation": [(step_offset, first_rmse)], "rejected": 0, "best_errors": best_errors}
     last_good = copy.deepcopy(params.state_dict())
     rejected_in_a_row = 0
     for iteration in range(iterations):
@@ -370,11 +371,12 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
                     offsets[part] = moved.reshape(delta.shape).to(offsets)
         log["losses"].append(float(value.detach()))
         if (iteration + 1) % settings.validate_every == 0 or iteration + 1 == iterations:
-            snap, score, value_rmse = validate()
+            snap, score, value_rmse, errors = validate()
             log["validation"].append((step_offset + iteration + 1, value_rmse))
             if score < best_score:
                 best, best_score = snap, score
                 best_state = copy.deepcopy(params.state_dict())
+                log["best_errors"] = errors
         if progress is not None:
             progress(step_offset + iteration + 1, total_steps, float(value.detach()), log["validation"][-1][1])
     params.load_state_dict(best_state)

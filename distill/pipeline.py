@@ -229,8 +229,11 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                     log["losses"] += part["losses"]
                     log["validation"] += part["validation"]
                     log["rejected"] += part["rejected"]
-        with counter.phase("selection"):
-            errors = per_sample_errors(call, teacher, held, best, setup, s.inference_batch_size)
+                    log["best_errors"] = part["best_errors"]
+        errors = log.get("best_errors")  # the gradient fits measured their best snapshot already
+        if errors is None:
+            with counter.phase("selection"):
+                errors = per_sample_errors(call, teacher, held, best, setup, s.inference_batch_size)
         # a fit that adds flips is not taken; ties keep the built-in pair
         fitted_score = mean_error(errors) if no_worse_tail(errors, floor_errors) else math.inf
         candidates = [(mean_error(floor_errors), floor_fit, floor_errors, floor_setup)]
