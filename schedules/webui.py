@@ -226,6 +226,21 @@ def register(modules, folder: str) -> list:
     return added
 
 
+# WebUI's sampler and schedule menus on its page, by elem_id (the hires pass's start with "Use same")
+MENU_IDS = ("txt2img_sampling", "img2img_sampling", "txt2img_scheduler", "img2img_scheduler", "hr_sampler",
+            "hr_scheduler")
+
+
+def menu_choices(modules) -> dict:
+    """The choices each of WebUI's sampler and schedule menus (``MENU_IDS``) has now, as WebUI
+    builds them, so a page updated with them shows files added since it was built."""
+    samplers = list(modules.sd_samplers.visible_sampler_names())
+    schedules = [scheduler.label for scheduler in modules.sd_schedulers.schedulers]
+    return {"txt2img_sampling": samplers, "img2img_sampling": samplers, "txt2img_scheduler": schedules,
+            "img2img_scheduler": schedules, "hr_sampler": ["Use same sampler"] + samplers,
+            "hr_scheduler": ["Use same scheduler"] + schedules}
+
+
 def infotext_fields(modules, *choices) -> dict:
     """The infotext field naming the learned solvers among ``choices`` (the sampler and schedule
     names of a generation, its hires pass's included; None and other names are ignored):
@@ -248,6 +263,8 @@ __all__ = [
     "FOLDER",
     "INFOTEXT_KEY",
     "LABEL_PREFIX",
+    "MENU_IDS",
+    "menu_choices",
     "entry_for",
     "file_hash",
     "host_schedules",

@@ -124,6 +124,18 @@ def _routes(_demo, app):
 
 script_callbacks.on_app_started(_routes)
 
+# WebUI's sampler and schedule menus, remembered as WebUI builds its page (before the tabs of
+# extensions), so the tab can give them a file it has just saved
+MENUS = {}
+
+
+def _remember_menu(component, **kwargs):
+    if kwargs.get("elem_id") in webui.MENU_IDS:
+        MENUS[kwargs["elem_id"]] = component
+
+
+script_callbacks.on_after_component(_remember_menu)
+
 # the tab's inputs: (request field, label, default); numbers are whole unless their default is not
 TAB_FIELDS = (("prompt", "Prompt", ""), ("negative_prompt", "Negative prompt", ""), ("cfg_scale", "CFG scale", 7.0),
               ("width", "Width", 512), ("height", "Height", 512), ("nfe", "NFE (steps; several as 4, 6)", "4"),
@@ -162,6 +174,7 @@ def _tab():
             with gr.Column():
                 figure = gr.Image(label="Learned grid against the built-ins", type="pil")
                 summary = gr.Textbox(label="Against the built-in solvers and schedules", lines=16)
+        menus = [elem_id for elem_id in webui.MENU_IDS if elem_id in MENUS]  # updated after a fit
 
         def run(*values):
             """Fit in a worker thread and stream WebUI's progress text into the table until it ends."""
@@ -179,24 +192,26 @@ def _tab():
 
             worker = threading.Thread(target=work, daemon=True)
             worker.start()
+            unchanged = [gr.update() for _ in menus]
             while worker.is_alive():
-                yield None, shared.state.textinfo or "starting"
+                yield None, shared.state.textinfo or "starting", *unchanged
                 time.sleep(1)
             error = outcome.get("error")
             if isinstance(error, fitting.FitCancelled):
-                yield None, "interrupted: nothing was saved"
+                yield None, "interrupted: nothing was saved", *unchanged
                 return
             if error is not None:
-                yield None, f"not fitted: {fitting.error_advice(error)}"
+                yield None, f"not fitted: {fitting.error_advice(error)}", *unchanged
                 return
             answer, solver = outcome["done"]
             first = solver.nfes[0]
             picture = solver_figure(solver, first, reference_schedules(first, *solver.sigma_range))
-            yield picture, (f"{answer['summary']}\nsaved {answer['file']} as {answer['label']!r}: in the Sampler "
-                            f"and Schedule type lists of the API now, in the txt2img and img2img menus after "
-                            f"Reload UI")
+            choices = webui.menu_choices(WEBUI)
+            yield (picture, f"{answer['summary']}\nsaved {answer['file']}: {answer['label']!r} is now in the Sampler "
+                            f"and Schedule type menus",
+                   *[gr.update(choices=choices[elem_id]) for elem_id in menus])
 
-        fit_button.click(run, inputs=inputs, outputs=[figure, summary])
+        fit_button.click(run, inputs=inputs, outputs=[figure, summary] + [MENUS[elem_id] for elem_id in menus])
         interrupt.click(lambda: shared.state.interrupt(), inputs=[], outputs=[])
     return [(tab, "Learned Solvers", "learned_solvers")]
 

@@ -1,6 +1,7 @@
 """The Learned Solvers tab in Forge's real web page, driven in headless Chromium: a user opens
 the tab, fills in a prompt and a short fit, presses Fit, sees the progress text while it runs,
-then the grid picture and the comparison table, and the file is saved.
+then the grid picture and the comparison table, the file is saved, and txt2img's Sampling
+method menu offers it without a reload.
 
 Needs FORGE_PATH (a ``../shared/webui/setup.sh`` build), Playwright's Python package and a
 Chromium binary (``CHROMIUM``, else ``chromium`` on PATH); skipped with the reason otherwise. A
@@ -53,7 +54,7 @@ def page_errors_without_the_extension(playwright, folder) -> set:
         server.stop()
 
 
-def test_a_fit_from_the_learned_solvers_tab_shows_its_progress_picture_and_table_and_saves_the_file(tmp_path):
+def test_a_fit_from_the_tab_shows_progress_picture_and_table_saves_the_file_and_puts_it_in_the_menus(tmp_path):
     # the page needs the assets folder a WebUI install clones (empty is enough; see webui_server)
     (FORGE / "src" / "repositories" / "stable-diffusion-webui-assets").mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
@@ -85,10 +86,16 @@ def test_a_fit_from_the_learned_solvers_tab_shows_its_progress_picture_and_table
             page.screenshot(path=str(tmp_path / "learned_solvers_tab.png"), full_page=True)
             print("screenshot:", tmp_path / "learned_solvers_tab.png")
             picture = tab.locator("img").count()
+            # without a reload, txt2img's Sampling method menu offers the new file
+            page.get_by_role("tab", name="Txt2img").click()
+            page.locator("#txt2img_sampling input").click()
+            offered = page.get_by_role("option", name="Learned: from_the_tab").count()
+            page.screenshot(path=str(tmp_path / "txt2img_menu.png"))
             browser.close()
     finally:
         server.stop()
     assert "saved" in text and "Learned: from_the_tab" in text and "best built-in pair" in text, text
     assert seen & {"teacher", "fitting"}, seen  # the progress text showed while it ran
     assert picture >= 1 and (tmp_path / "forge-ui" / "models" / "learned_solvers" / "from the tab.safetensors").exists()
+    assert offered >= 1
     assert not set(errors) - forge_errors, errors  # no script error the extension's page adds
