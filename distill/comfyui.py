@@ -29,14 +29,12 @@ import torch
 from ..schedules.comfyui import host_schedules, model_facts
 from .compare import compare_solvers
 from .discrete import fractional_timestep, snap_to_discrete
-from .memory import checkpointed_blocks
+from .memory import LARGE_MODEL_BYTES, MEMORY_MODES, checkpointed_blocks
+from .memory import memory_plan as plan_for
 from .pipeline import distill
 from .settings import FitSettings
 
 
-MEMORY_MODES = ("auto", "model calls", "blocks")
-# SDXL (4.8 GiB in bf16) and larger get block checkpointing under "auto"; SD1.5 (1.6 GiB) does not
-LARGE_MODEL_BYTES = 3 * 1024 ** 3
 
 
 def fingerprint(model) -> str:
@@ -98,22 +96,9 @@ def _release(patcher):
 
 
 def memory_plan(model, memory: str = "auto") -> dict:
-    """How ``distill_model`` bounds memory for ``model``: the mode ("model calls" or "blocks"),
-    the samples per run without gradients, and D-ODE's sample cap.
-
-    "model calls": each model call of the unrolled student is recomputed in backward, so a
-    gradient step holds one call's activations. "blocks": each block inside that call is
-    recomputed too, so a step holds one block's activations (about one more forward per call),
-    and runs without gradients take 2 samples at a time. "auto": "blocks" for models of
-    ``LARGE_MODEL_BYTES`` or more (SDXL, SD3, Flux, Wan), "model calls" below (SD1.x).
-    """
-    if memory not in MEMORY_MODES:
-        raise ValueError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
-    if memory == "auto":
-        memory = "blocks" if model.model_size() >= LARGE_MODEL_BYTES else "model calls"
-    if memory == "blocks":
-        return {"memory": "blocks", "inference_batch_size": 2, "dode_samples": 4}
-    return {"memory": "model calls", "inference_batch_size": 8, "dode_samples": None}
+    """How ``distill_model`` bounds memory for ``model`` (a ComfyUI MODEL): ``memory.memory_plan``
+    for its size."""
+    return plan_for(memory, model.model_size())
 
 
 _DEFAULTS = FitSettings()

@@ -14,6 +14,31 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 
+MEMORY_MODES = ("auto", "model calls", "blocks")
+# SDXL (4.8 GiB in bf16) and larger get block checkpointing under "auto"; SD1.5 (1.6 GiB) does not
+LARGE_MODEL_BYTES = 3 * 1024 ** 3
+
+
+def memory_plan(memory: str, model_bytes: int) -> dict:
+    """How a host's fit bounds memory for a network of ``model_bytes``: the mode ("model calls"
+    or "blocks"), the samples per run without gradients, and D-ODE's sample cap.
+
+    "model calls": each model call of the unrolled student is recomputed in backward, so a
+    gradient step holds one call's activations. "blocks": each block inside that call is
+    recomputed too (``checkpointed_blocks``), so a step holds one block's activations (about one
+    more forward per call), and runs without gradients take 2 samples at a time. "auto":
+    "blocks" for networks of ``LARGE_MODEL_BYTES`` or more (SDXL, SD3, Flux, Wan), "model calls"
+    below (SD1.x).
+    """
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
+    if memory == "auto":
+        memory = "blocks" if model_bytes >= LARGE_MODEL_BYTES else "model calls"
+    if memory == "blocks":
+        return {"memory": "blocks", "inference_batch_size": 2, "dode_samples": 4}
+    return {"memory": "model calls", "inference_batch_size": 8, "dode_samples": None}
+
+
 def checkpointed_model(model):
     """``model`` with each call recomputed in backward instead of storing its activations."""
 
@@ -80,4 +105,5 @@ def _copied(value):
     return value.clone() if torch.is_tensor(value) else value
 
 
-__all__ = ["checkpointed_blocks", "checkpointed_model", "network_blocks"]
+__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "checkpointed_blocks", "checkpointed_model", "memory_plan",
+           "network_blocks"]

@@ -22,15 +22,16 @@ import math
 
 import torch
 
+from ..learned_samplers import BASE_SOLVERS
 from ..schedules.solver import parse_nfes
 from ..schedules.webui import host_schedules, model_convention
 from .discrete import fractional_timestep, is_discrete, snap_to_discrete
 from .fit import FitCancelled
+from .memory import MEMORY_MODES, checkpointed_blocks, memory_plan
 from .pipeline import distill
 from .settings import METHODS, FitSettings
 
 DRIVER = "Learned solvers: fitting"
-_DEFAULTS = FitSettings()
 
 
 def _ordinary(value):
@@ -187,12 +188,12 @@ def parse_request(body: dict) -> dict:
     """The keyword arguments of ``distill_webui_model`` (and "name", the file name) from a
     distill request's JSON fields: prompt, negative_prompt, cfg_scale, width, height, nfe ("4",
     "4, 6" or [4, 6]), name, override_settings (WebUI settings for the run, as txt2img takes
-    them: clip skip, emphasis, ...), and ``REQUEST_SETTINGS``. Raises ValueError naming the field and
+    them: clip skip, emphasis, ...), memory (``memory.MEMORY_MODES``) and ``REQUEST_SETTINGS``. Raises ValueError naming the field and
     what it must be."""
     if not isinstance(body, dict):
         raise ValueError("the request must be a JSON object")
     known = {"prompt", "negative_prompt", "cfg_scale", "width", "height", "nfe", "name", "override_settings",
-             *REQUEST_SETTINGS}
+             "memory", *REQUEST_SETTINGS}
     unknown = sorted(set(body) - known)
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(unknown)}; the fields are {', '.join(sorted(known))}")
@@ -201,6 +202,9 @@ def parse_request(body: dict) -> dict:
     if not isinstance(overrides, dict):
         raise ValueError("override_settings must be an object of WebUI settings, as in txt2img")
     request["override_settings"] = dict(overrides)
+    request["memory"] = str(body.get("memory", "auto"))
+    if request["memory"] not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}; got {request['memory']!r}")
     try:
         request["cfg"] = float(body.get("cfg_scale", 7.0))
         sizes = {side: int(body.get(side, 512)) for side in ("width", "height")}
@@ -232,28 +236,41 @@ def error_advice(err: BaseException) -> str:
 
 def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: float = 7.0, width: int = 512,
                         height: int = 512, nfe=(4,), network=None, progress=None, cancel=None,
-                        provenance=None, override_settings: dict | None = None, **settings):
+                        provenance=None, override_settings: dict | None = None, memory: str = "auto", **settings):
     """Distill a solver for the model WebUI has loaded, on its CFG denoiser with ``prompt``;
     returns a ``LearnedSolver``. width, height: pixels (the latent is 4 x 1/8 of each).
     network(): the model's network, whose weights stay out of autograd; provenance(): what the
     file records of the model (both functions, asked once the checkpoint is loaded). WebUI's own schedules
     for this model (``schedules.webui.host_schedules``) are scored with the built-ins.
     ``settings`` are ``FitSettings`` fields (method, samples, iterations, ...); each model call
-    is recomputed in backward (the memory of one call per gradient step). progress / cancel as
+    is recomputed in backward (the memory of one call per gradient step), and with memory
+    "blocks" (or "auto" on a network of ``memory.LARGE_MODEL_BYTES`` or more) each block of the
+    network too (``memory.memory_plan``). progress / cancel as
     for ``distill``; WebUI's Interrupt also stops it (``FitCancelled``)."""
     s = FitSettings().replace(**settings).check().replace(use_checkpoint=True)
     shape = (4, int(height) // 8, int(width) // 8)
     tables = {}
 
+    memory_plan(memory, 0)  # an unknown mode is refused before any work
+
     def fit(denoiser, device, facts):
         tables["table"] = facts["table"]
         low, high = facts["sigma_min"], facts["sigma_max"]
         own = host_schedules(webui.sd_schedulers, facts["wrapper"], low, high)
-        return distill(denoiser, shape, sigma_min=low, sigma_max=high, nfe=nfe, settings=s,
-                       convention=facts["convention"], device=device, sigma_table=facts["table"], schedules=own,
-                       progress=progress, cancel=cancel,
-                       provenance={"model": {"cfg": float(cfg), "resolution": list(shape), "sigma_range": [low, high],
-                                             **(provenance() if provenance else {})}})
+        net = network() if network is not None else None
+        size = sum(p.numel() * p.element_size() for p in net.parameters()) if net is not None else 0
+        plan = memory_plan(memory, size)
+        blocks = (checkpointed_blocks(getattr(net, "diffusion_model", net))
+                  if plan["memory"] == "blocks" and net is not None else contextlib.nullcontext())
+        with blocks:
+            return distill(denoiser, shape, sigma_min=low, sigma_max=high, nfe=nfe,
+                           settings=s.replace(inference_batch_size=plan["inference_batch_size"],
+                                              dode_samples=plan["dode_samples"]),
+                           convention=facts["convention"], device=device, sigma_table=facts["table"], schedules=own,
+                           progress=progress, cancel=cancel,
+                           provenance={"model": {"cfg": float(cfg), "resolution": list(shape),
+                                                 "sigma_range": [low, high], **(provenance() if provenance else {})},
+                                       "memory": plan["memory"]})
 
     solver = run_in_webui(webui, fit, prompt=prompt, negative_prompt=negative_prompt, cfg=cfg, width=width,
                           height=height, seed=s.seed, network=network, for_gradients=True,
@@ -266,4 +283,4 @@ def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: f
     return solver
 
 
-__all__ = ["DRIVER", "METHODS", "REQUEST_SETTINGS", "FitCancelled", "FitSettings", "distill_webui_model", "error_advice", "parse_request", "frozen_weights", "repeat_conditioning", "run_in_webui"]
+__all__ = ["BASE_SOLVERS", "DRIVER", "MEMORY_MODES", "METHODS", "REQUEST_SETTINGS", "FitCancelled", "FitSettings", "distill_webui_model", "error_advice", "parse_request", "frozen_weights", "repeat_conditioning", "run_in_webui"]

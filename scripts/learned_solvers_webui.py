@@ -139,11 +139,16 @@ script_callbacks.on_after_component(_remember_menu)
 # the tab's inputs: (request field, label, default); numbers are whole unless their default is not
 TAB_FIELDS = (("prompt", "Prompt", ""), ("negative_prompt", "Negative prompt", ""), ("cfg_scale", "CFG scale", 7.0),
               ("width", "Width", 512), ("height", "Height", 512), ("nfe", "NFE (steps; several as 4, 6)", "4"),
-              ("method", "Method", "auto"), ("samples", "Training samples", fitting.FitSettings().samples),
+              ("method", "Method", "auto"), ("base", "Base solver", "auto"), ("memory", "Memory", "auto"),
+              ("samples", "Training samples", fitting.FitSettings().samples),
               ("validation", "Validation samples", fitting.FitSettings().validation),
               ("iterations", "Iterations", fitting.FitSettings().iterations),
               ("teacher_steps", "Teacher steps", fitting.FitSettings().teacher_steps),
               ("seed", "Seed", 0), ("name", "File name (in models/learned_solvers)", ""))
+
+
+MENU_CHOICES = {"method": list(fitting.METHODS), "base": ["auto", *fitting.BASE_SOLVERS],
+                "memory": list(fitting.MEMORY_MODES)}
 
 
 def _tab():
@@ -161,8 +166,8 @@ def _tab():
                 for key, label, default in TAB_FIELDS:
                     if key in ("prompt", "negative_prompt"):
                         inputs.append(gr.Textbox(label=label, value=default, lines=2))
-                    elif key == "method":
-                        inputs.append(gr.Dropdown(label=label, choices=list(fitting.METHODS), value=default))
+                    elif key in MENU_CHOICES:
+                        inputs.append(gr.Dropdown(label=label, choices=MENU_CHOICES[key], value=default))
                     elif isinstance(default, str):
                         inputs.append(gr.Textbox(label=label, value=default))
                     else:

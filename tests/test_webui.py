@@ -306,8 +306,21 @@ def test_a_distill_request_is_checked_before_any_work():
                                      "override_settings": {"CLIP_stop_at_last_layers": 2}})
     assert request["nfe"] == [4, 6] and request["cfg"] == 6.0 and request["name"] == "webui_nfe4_6"
     assert request["override_settings"] == {"CLIP_stop_at_last_layers": 2} and request["iterations"] == 10
+    assert request["memory"] == "auto"
     for body, words in (({"nfe": "0"}, "between 2"), ({"height": 4000}, "multiple of 8"), ({"steps": 3}, "unknown"),
                         ({"iterations": 0}, "at least 1"), ({"method": "magic"}, "unknown method"),
-                        ({"cfg_scale": "x"}, "cfg_scale"), ({"override_settings": [1]}, "override_settings")):
+                        ({"cfg_scale": "x"}, "cfg_scale"), ({"override_settings": [1]}, "override_settings"),
+                        ({"memory": "lots"}, "memory must be one of")):
         with pytest.raises(ValueError, match=words):
             fitting.parse_request(body)
+
+
+def test_the_memory_mode_follows_the_networks_size_as_in_comfyui():
+    from learned_solvers.distill.memory import LARGE_MODEL_BYTES, memory_plan
+
+    assert memory_plan("auto", LARGE_MODEL_BYTES - 1)["memory"] == "model calls"
+    big = memory_plan("auto", LARGE_MODEL_BYTES)
+    assert big == {"memory": "blocks", "inference_batch_size": 2, "dode_samples": 4}
+    assert memory_plan("blocks", 0)["memory"] == "blocks"
+    with pytest.raises(ValueError, match="unknown memory mode"):
+        memory_plan("lots", 0)

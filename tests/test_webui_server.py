@@ -69,6 +69,17 @@ def test_the_learned_coefficients_are_used_exactly_as_the_package_samples(server
     assert abs(learned["norm"] - runs["Reference: plain base"]["norm"]) > 1e-4 * learned["norm"]
 
 
+def test_png_info_brings_back_the_learned_entries_and_they_make_the_same_latent(server):
+    image, _ = server.txt2img(sampler_name=LABEL, scheduler="Automatic", seed=7)
+    first = server.last_latent()
+    parameters = server.post("/sdapi/v1/png-info", {"image": image})["parameters"]
+    assert parameters["Sampler"] == LABEL and parameters["Schedule type"] == LABEL
+    assert parameters["Learned solver"].startswith(LABEL)
+    server.txt2img(sampler_name=parameters["Sampler"], scheduler=parameters["Schedule type"],
+                   seed=int(parameters["Seed"]), steps=int(parameters["Steps"]))
+    assert server.last_latent()["digest"] == first["digest"]
+
+
 def test_a_learned_schedule_under_a_builtin_sampler_is_named_too(server):
     _, info = server.txt2img(sampler_name="Euler", scheduler=LABEL)
     assert "Sampler: Euler" in info and f'Schedule type: "{LABEL}"' in info and "Learned solver:" in info
@@ -128,6 +139,17 @@ def test_the_distill_route_fits_the_loaded_checkpoint_saves_a_file_and_lists_it_
     # the loaded model is as it was: the same request gives the same latent as before the fit
     server.txt2img(sampler_name="Euler", scheduler="karras")
     assert server.last_latent()["digest"] == before["digest"]
+
+
+def test_a_fit_with_every_block_recomputed_runs_on_forges_unet(server):
+    import json
+
+    from learned_solvers.schedules.files import read_metadata
+
+    answer = server.post("/learned-solvers/v1/distill", {**TINY_FIT, "iterations": 1, "memory": "blocks",
+                                                         "base": "dpmpp_2m", "name": "blocks"})
+    provenance = json.loads(read_metadata(answer["file"])["provenance"])
+    assert provenance["memory"] == "blocks" and answer["label"] == "Learned: blocks"
 
 
 def test_an_interrupted_fit_saves_nothing_and_webui_goes_on(server):
