@@ -122,7 +122,9 @@ def run_in_webui(webui, body, *, prompt: str, negative_prompt: str, cfg: float, 
     the model's convention, sigma_min, sigma_max, its discrete sigma table (or None) and WebUI's
     k-diffusion wrapper of the model (what WebUI's schedules are given).
     for_gradients: leave inference mode and keep the weights of ``network()`` (a function: WebUI
-    loads the checkpoint only inside the processing) out of autograd (``frozen_weights``). Raises ``FitCancelled`` when WebUI's Interrupt stopped it."""
+    loads the checkpoint only inside the processing; facts["network"] holds what it returned)
+    out of autograd (``frozen_weights``). Raises ``FitCancelled`` when WebUI's Interrupt
+    stopped it."""
     result = {}
     # WebUI's Interrupt raises its InterruptedException (a BaseException) from the CFG denoiser
     interrupted = (Exception, getattr(webui.sd_samplers_common, "InterruptedException", Exception))
@@ -134,16 +136,21 @@ def run_in_webui(webui, body, *, prompt: str, negative_prompt: str, cfg: float, 
                  else (contextlib.nullcontext(), torch.no_grad()))
         with modes[0], modes[1]:
             args = _ordinary(extra_args or {})
+            by_batch = {}  # the conditioning repeated for each batch size the fit uses
             # the network is asked for here: WebUI loads the checkpoint lazily, inside the processing
-            weights = frozen_weights(network()) if for_gradients and network is not None else contextlib.nullcontext()
+            net = network() if network is not None else None
+            weights = frozen_weights(net) if for_gradients and net is not None else contextlib.nullcontext()
             steps = fractional_steps(predictor) if for_gradients else contextlib.nullcontext()
             with weights, steps as table:
-                facts = {"convention": model_convention(wrapper), "wrapper": wrapper,
+                facts = {"convention": model_convention(wrapper), "wrapper": wrapper, "network": net,
                          "sigma_min": float(wrapper.sigmas[0]), "sigma_max": float(wrapper.sigmas[-1]),
                          "table": table}
 
                 def denoiser(x, sigma, **_):
-                    return model(x, sigma, **repeat_conditioning(args, x.shape[0]))
+                    batch = x.shape[0]
+                    if batch not in by_batch:
+                        by_batch[batch] = repeat_conditioning(args, batch)
+                    return model(x, sigma, **by_batch[batch])
 
                 denoiser.sigma_convention = facts["convention"]
                 try:
@@ -153,7 +160,6 @@ def run_in_webui(webui, body, *, prompt: str, negative_prompt: str, cfg: float, 
                     # of the prompt's batch) and the failure is raised once it has
                     result["error"] = err
         return torch.zeros_like(x)
-
 
     data = webui.sd_samplers_common.SamplerData(
         DRIVER, lambda model: webui.sd_samplers_kdiffusion.KDiffusionSampler(driver, model), [], {})
@@ -240,13 +246,14 @@ def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: f
     """Distill a solver for the model WebUI has loaded, on its CFG denoiser with ``prompt``;
     returns a ``LearnedSolver``. width, height: pixels (the latent is 4 x 1/8 of each).
     network(): the model's network, whose weights stay out of autograd; provenance(): what the
-    file records of the model (both functions, asked once the checkpoint is loaded). WebUI's own schedules
-    for this model (``schedules.webui.host_schedules``) are scored with the built-ins.
+    file records of the model (both functions, asked once the checkpoint is loaded). WebUI's
+    own schedules for this model (``schedules.webui.host_schedules``) are scored with the
+    built-ins.
     ``settings`` are ``FitSettings`` fields (method, samples, iterations, ...); each model call
     is recomputed in backward (the memory of one call per gradient step), and with memory
     "blocks" (or "auto" on a network of ``memory.LARGE_MODEL_BYTES`` or more) each block of the
-    network too (``memory.memory_plan``). progress / cancel as
-    for ``distill``; WebUI's Interrupt also stops it (``FitCancelled``)."""
+    network too (``memory.memory_plan``). progress / cancel as for ``distill``; WebUI's
+    Interrupt also stops it (``FitCancelled``)."""
     s = FitSettings().replace(**settings).check().replace(use_checkpoint=True)
     shape = (4, int(height) // 8, int(width) // 8)
     tables = {}
@@ -257,7 +264,7 @@ def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: f
         tables["table"] = facts["table"]
         low, high = facts["sigma_min"], facts["sigma_max"]
         own = host_schedules(webui.sd_schedulers, facts["wrapper"], low, high)
-        net = network() if network is not None else None
+        net = facts["network"]
         size = sum(p.numel() * p.element_size() for p in net.parameters()) if net is not None else 0
         plan = memory_plan(memory, size)
         blocks = (checkpointed_blocks(getattr(net, "diffusion_model", net))
@@ -283,4 +290,6 @@ def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: f
     return solver
 
 
-__all__ = ["BASE_SOLVERS", "DRIVER", "MEMORY_MODES", "METHODS", "REQUEST_SETTINGS", "FitCancelled", "FitSettings", "distill_webui_model", "error_advice", "parse_request", "frozen_weights", "repeat_conditioning", "run_in_webui"]
+__all__ = ["BASE_SOLVERS", "DRIVER", "MEMORY_MODES", "METHODS", "REQUEST_SETTINGS", "FitCancelled", "FitSettings",
+           "distill_webui_model", "error_advice", "frozen_weights", "parse_request", "repeat_conditioning",
+           "run_in_webui"]

@@ -98,10 +98,16 @@ def list_entries(folder: str, reserved=()) -> tuple:
     return entries, problems
 
 
-def entry_for(folder: str, path: str):
-    """The ``Entry`` of the file at ``path`` (None when it is not a valid file under ``folder``)."""
+def registered_entries(modules) -> list:
+    """The ``Entry`` of every learned schedule registered in WebUI now (what ``register`` added)."""
+    entries = (getattr(scheduler.function, "learned_entry", None) for scheduler in modules.sd_schedulers.schedulers)
+    return [entry for entry in entries if entry is not None]
+
+
+def entry_for(modules, path: str):
+    """The registered ``Entry`` of the file at ``path`` (None when it is not registered)."""
     target = os.path.realpath(path)
-    return next((e for e in list_entries(folder)[0] if os.path.realpath(e.path) == target), None)
+    return next((e for e in registered_entries(modules) if os.path.realpath(e.path) == target), None)
 
 
 def model_convention(inner_model) -> str:
@@ -272,6 +278,7 @@ __all__ = [
     "list_entries",
     "model_convention",
     "register",
+    "registered_entries",
     "sampler_function",
     "schedule_function",
 ]

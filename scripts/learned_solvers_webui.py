@@ -92,7 +92,7 @@ def fit_and_save(body: dict) -> tuple:
             shared.state.end()
     save_learned_solver(solver, path)
     added = refresh()
-    entry = webui.entry_for(FOLDER, path)
+    entry = webui.entry_for(WEBUI, path)
     answer = {"file": path, "label": entry.label if entry else None, "added": added, "summary": solver.summary()}
     return answer, solver
 
@@ -116,7 +116,7 @@ def distill(body: dict) -> dict:
 def _routes(_demo, app):
     def refresh_route():
         added = refresh()
-        return {"added": added, "entries": [entry.label for entry in webui.list_entries(FOLDER)[0]]}
+        return {"added": added, "entries": [entry.label for entry in webui.registered_entries(WEBUI)]}
 
     app.add_api_route("/learned-solvers/v1/refresh", refresh_route, methods=["POST"])
     app.add_api_route("/learned-solvers/v1/distill", distill, methods=["POST"])
@@ -137,14 +137,13 @@ def _remember_menu(component, **kwargs):
 script_callbacks.on_after_component(_remember_menu)
 
 # the tab's inputs: (request field, label, default); numbers are whole unless their default is not
+DEFAULTS = fitting.FitSettings()
 TAB_FIELDS = (("prompt", "Prompt", ""), ("negative_prompt", "Negative prompt", ""), ("cfg_scale", "CFG scale", 7.0),
               ("width", "Width", 512), ("height", "Height", 512), ("nfe", "NFE (steps; several as 4, 6)", "4"),
               ("method", "Method", "auto"), ("base", "Base solver", "auto"), ("memory", "Memory", "auto"),
-              ("samples", "Training samples", fitting.FitSettings().samples),
-              ("validation", "Validation samples", fitting.FitSettings().validation),
-              ("iterations", "Iterations", fitting.FitSettings().iterations),
-              ("teacher_steps", "Teacher steps", fitting.FitSettings().teacher_steps),
-              ("seed", "Seed", 0), ("name", "File name (in models/learned_solvers)", ""))
+              ("samples", "Training samples", DEFAULTS.samples), ("validation", "Validation samples", DEFAULTS.validation),
+              ("iterations", "Iterations", DEFAULTS.iterations), ("teacher_steps", "Teacher steps", DEFAULTS.teacher_steps),
+              ("seed", "Seed", DEFAULTS.seed), ("name", "File name (in models/learned_solvers)", ""))
 
 
 MENU_CHOICES = {"method": list(fitting.METHODS), "base": ["auto", *fitting.BASE_SOLVERS],

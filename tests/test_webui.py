@@ -79,6 +79,10 @@ def test_every_valid_file_and_the_presets_become_a_schedule_and_a_sampler_once(t
         # WebUI splits "<sampler> <schedule name>": no label ends in " " + a schedule's name
         assert not any(label.endswith(" " + name) for name in ("karras", "Karras"))
     assert host.sd_samplers.calls == ["set_samplers"]
+    # what a saved file shows as is read off the registration, " (file)" included
+    assert webui.entry_for(host, str(tmp_path / "karras.safetensors")).label == "Learned: karras (file)"
+    assert [e.label for e in webui.registered_entries(host)] == added
+    assert webui.entry_for(host, str(tmp_path / "broken.safetensors")) is None
     assert webui.register(host, str(tmp_path)) == []  # nothing twice
     assert len(host.sd_schedulers.schedulers) == 4 and len(host.sd_samplers.all_samplers) == 4
     shutil.copy(PRESET, tmp_path / "new.safetensors")
