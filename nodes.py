@@ -31,7 +31,9 @@ DEFAULTS = FitSettings()  # the Distill node shows the library's defaults
 log = logging.getLogger("learned_solvers")
 
 if io is not None:
-    from .distill.comfyui import compare_model, distill_model
+    from .distill.comfyui import compare_model, distill_model, distill_network_model, lora_model
+    from .distill.lora import check_writable
+    from .distill.sfd import SfdSettings
     from .distill.cost import progress_text
     from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
     from .schedules import comfyui as library
@@ -211,6 +213,123 @@ if io is not None:
             figure = solver_figure(solver, first, reference_schedules(first, *solver.sigma_range))
             text = solver.summary() + (f"\nsaved {os.path.basename(saved)}" if saved else "")
             return io.NodeOutput(solver, _learned_sampler(solver), solver.sigmas(first).float(), _image_tensor(figure),
+                                 ui=ui.PreviewText(text))
+
+    SFD_DEFAULTS = SfdSettings()
+
+    def _fit_progress(name):
+        """A progress(step, total, loss, held_out, seconds_left) for a long fit: the node's bar,
+        a line under the node at most once a second, and the log at each quarter."""
+        bar = {"shown": 0.0, "logged": -1}
+
+        def progress(step, total, loss, held_out, seconds_left):
+            if "bar" not in bar:
+                bar["bar"] = comfy.utils.ProgressBar(total)
+            bar["bar"].update_absolute(step, total)
+            text = progress_text(step, total, loss, held_out, seconds_left)
+            now = time.monotonic()
+            if now - bar["shown"] >= 1.0 or step == total:
+                bar["shown"] = now
+                _show_text(text)
+            quarter = 4 * step // max(total, 1)
+            if seconds_left == seconds_left and quarter != bar["logged"]:
+                bar["logged"] = quarter
+                log.info("%s: %s", name, text)
+
+        return progress
+
+    def _interrupted():
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return False
+
+    class DistillModelSFD(io.ComfyNode):
+        """Fine-tune the loaded model as a LoRA for few-step Euler sampling (SFD)."""
+
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return io.Schema(
+                node_id="LSDistillModelSFD",
+                display_name="Distill Model (SFD)",
+                category=CATEGORY,
+                description=(
+                    "Trains a LoRA on your model so that a few Euler steps land where a many-step teacher "
+                    "lands with your prompt and CFG (SFD). For 2-4 steps, where no schedule can. Saves the LoRA "
+                    "to models/loras (it loads with Load LoRA) and its sampler to models/learned_solvers; "
+                    "your MODEL is not modified."
+                ),
+                inputs=[
+                    io.Model.Input("model", tooltip="The model to distil; it is not modified."),
+                    io.Conditioning.Input("positive", tooltip="The prompt the teacher samples with."),
+                    io.Conditioning.Input("negative", tooltip="The negative prompt (used when cfg > 1)."),
+                    io.Latent.Input("latent_image", tooltip="Sets the size and channels the fit runs at."),
+                    io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                                   tooltip="The CFG scale the LoRA is trained for: sample with the same one."),
+                    io.Int.Input("nfe", default=2, min=1, max=10,
+                                 tooltip="Euler steps (model calls per image) the LoRA is trained for."),
+                    io.Int.Input("rank", default=SFD_DEFAULTS.rank, min=1, max=256,
+                                 tooltip="LoRA rank: larger learns more and makes a larger file."),
+                    io.Int.Input("iterations", default=SFD_DEFAULTS.iterations, min=1, max=100000,
+                                 tooltip="Optimiser steps; each trains every student step on "
+                                         f"{SFD_DEFAULTS.batch_size} cached teacher trajectories."),
+                    io.Int.Input("teacher_steps", default=SFD_DEFAULTS.teacher_steps, min=8, max=200,
+                                 tooltip="Teacher calls over the whole range (several sub-steps per Euler step); "
+                                         "checked against half as many, the residual is in the node's text."),
+                    io.Int.Input("samples", default=SFD_DEFAULTS.samples, min=2, max=4096,
+                                 tooltip=f"Noise seeds the teacher runs once and the fit reuses (another "
+                                         f"{SFD_DEFAULTS.validation} are held out to choose the snapshot)."),
+                    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                                 tooltip="Seeds the noises, the adapters and the fit."),
+                    io.Boolean.Input("learned_solver", default=False,
+                                     tooltip="Also fit a learned solver (grid and coefficients) on the distilled "
+                                             "model; the SAMPLER and SIGMAS are then that solver's."),
+                    io.String.Input("filename", default="sfd_lora",
+                                    tooltip="Saved as models/loras/<filename>.safetensors and "
+                                            "models/learned_solvers/<filename>.safetensors (a number is added if "
+                                            "taken); empty: do not save."),
+                    io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto", optional=True,
+                                   tooltip="As in Distill Sampler: 'blocks' recomputes every block in backward "
+                                           "(much less memory)."),
+                    io.Int.Input("validation", default=SFD_DEFAULTS.validation, min=2, max=512, optional=True,
+                                 tooltip="Noise seeds held out to choose the best snapshot of the LoRA."),
+                ],
+                outputs=[
+                    io.Model.Output(display_name="model", tooltip="Your model with the LoRA applied."),
+                    io.Sampler.Output(display_name="sampler"),
+                    io.Sigmas.Output(display_name="sigmas"),
+                ],
+                is_output_node=True,
+            )
+
+        @classmethod
+        def execute(cls, model, positive, negative, latent_image, cfg, nfe, rank, iterations, teacher_steps, samples,
+                    seed, learned_solver, filename, memory="auto", validation=SFD_DEFAULTS.validation) -> io.NodeOutput:
+            lora_path = solver_path = None
+            if filename.strip():  # both folders checked before the fit, not after it
+                loras = check_writable(folder_paths.get_folder_paths("loras")[0])
+                lora_path = library.new_file_path(loras, filename)
+                solver_path = library.new_file_path(library.register_folder(folder_paths), filename)
+                check_writable(os.path.dirname(solver_path))
+            try:
+                result = distill_network_model(model, positive, negative, latent_image, cfg, nfe=nfe, rank=rank,
+                                               iterations=iterations, samples=samples, seed=seed,
+                                               teacher_steps=teacher_steps, with_solver=learned_solver, memory=memory, validation=validation,
+                                               progress=_fit_progress("Distill Model (SFD)"), cancel=_interrupted)
+            except torch.OutOfMemoryError as err:
+                comfy.model_management.soft_empty_cache(True)
+                raise torch.OutOfMemoryError(
+                    "Distill Model (SFD) ran out of GPU memory. Set memory to 'blocks', fit at a smaller latent "
+                    "size, lower the rank, or free other models first.") from err
+            text = result.summary()
+            if lora_path is not None:
+                lora_path, solver_path = result.save(lora_path, solver_path)
+                library.register_schedulers(comfy.samplers, folder_paths)
+                folder_paths.filename_list_cache.clear()
+                text += f"\nsaved loras/{os.path.basename(lora_path)} and learned_solvers/{os.path.basename(solver_path)}"
+                lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
+            else:
+                lora = result.adapters.file_tensors()
+            solver = result.with_solver or result.solver
+            return io.NodeOutput(lora_model(model, lora), _learned_sampler(solver), solver.sigmas(result.nfe).float(),
                                  ui=ui.PreviewText(text))
 
     class LearnedSampler(io.ComfyNode):
@@ -419,7 +538,7 @@ if io is not None:
             return io.NodeOutput(_image_tensor(sheet), table, sampler, winner.sigmas.float(),
                                  ui=ui.PreviewText(table))
 
-    NODES = [DistillSampler, CompareSamplers, LearnedSampler, LearnedSigmas, LoadLearnedSolver,
+    NODES = [DistillSampler, DistillModelSFD, CompareSamplers, LearnedSampler, LearnedSigmas, LoadLearnedSolver,
              SaveLearnedSolver, PullLearnedSolver, SolverFamilySampler]
 
     class LearnedSolversExtension(ComfyExtension):

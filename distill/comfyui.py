@@ -33,6 +33,7 @@ from .memory import LARGE_MODEL_BYTES, MEMORY_MODES, checkpointed_blocks
 from .memory import memory_plan as plan_for
 from .pipeline import distill
 from .settings import FitSettings
+from .sfd import SfdSettings, distill_network
 
 
 
@@ -212,6 +213,56 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
     return solver
 
 
+_SFD = SfdSettings()
+
+
+def distill_network_model(model, positive, negative, latent, cfg: float, *, nfe: int = 2, rank: int = _SFD.rank,
+                          iterations: int = _SFD.iterations, samples: int = _SFD.samples, seed: int = _SFD.seed,
+                          with_solver: bool = False, memory: str = "auto", progress=None, cancel=None, **options):
+    """``sfd.distill_network`` on a ComfyUI MODEL with its CFG guider: LoRA adapters on its
+    diffusion model, trained for Euler at ``nfe`` steps; returns a ``sfd.DistilledNetwork``.
+
+    The adapters sit on the user's network only while the fit runs (forward hooks, removed
+    afterwards, also on an error or a cancel); its weights are never written. On a discrete
+    model the grid is moved onto its training sigmas first (and the learned solver's, when
+    ``with_solver``, afterwards). memory: one of MEMORY_MODES, as for ``distill_model``.
+    """
+    facts, own_schedules, table = host_facts(model)
+    plan = memory_plan(model, memory)
+    shape = latent_shape(model, latent)
+    network = model.model.diffusion_model
+
+    def fit(denoiser, device):
+        return distill_network(
+            denoiser, network, shape, sigma_min=facts["sigma_min"], sigma_max=facts["sigma_max"], nfe=nfe,
+            convention=facts["convention"], rank=rank, iterations=iterations, samples=samples, seed=seed,
+            with_solver=with_solver, use_checkpoint=True, device=device,
+            inference_batch_size=plan["inference_batch_size"], sigma_table=table, schedules=own_schedules,
+            discrete=facts["discrete"], progress=progress, cancel=cancel,
+            provenance={"model": {"family": facts["family"], "prediction": facts["prediction"],
+                                  "shift": facts.get("shift"), "fingerprint": fingerprint(model),
+                                  "cfg": float(cfg), "resolution": list(shape),
+                                  "sigma_range": [facts["sigma_min"], facts["sigma_max"]]},
+                        "memory": plan["memory"]},
+            **options)
+
+    result = run_guided(model, positive, negative, cfg, shape, seed, fit, for_gradients=True, memory=plan["memory"])
+    if result.with_solver is not None and facts["discrete"]:
+        combined = result.with_solver
+        for n, fitted in combined.fits.items():
+            combined.fits[n] = snap_to_discrete(fitted, table, combined.sigma_range, combined.convention)
+    return result
+
+
+def lora_model(model, lora: dict, strength: float = 1.0):
+    """A clone of ``model`` with ``lora`` (a LoRA state dict, as read from its file) applied the
+    way the core LoraLoaderModelOnly applies it (``comfy.sd.load_lora_for_models``)."""
+    import comfy.sd
+
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, strength, 0)
+    return patched
+
+
 def compare_model(model, positive, negative, latent, cfg: float, nfe: int, *, solver=None, samples: int = 8,
                   show: int = 4, seed: int = 1, teacher_steps: int = _DEFAULTS.teacher_steps, progress=None,
                   cancel=None):
@@ -267,4 +318,5 @@ def _constant_weights(patcher):
 
 
 
-__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "distill_model", "fingerprint", "memory_plan", "snap_to_discrete"]
+__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "distill_model", "distill_network_model", "fingerprint", "lora_model",
+           "memory_plan", "snap_to_discrete"]

@@ -85,6 +85,19 @@ class CallCounter:
             self.seconds[name] += time.perf_counter() - self._began
             self.current = None
 
+    @contextlib.contextmanager
+    def using(self, model):
+        """Within: the calls go to ``model`` instead (a teacher that is not the student), counted
+        the same way; ``None`` changes nothing."""
+        if model is None:
+            yield self
+            return
+        own, self.model = self.model, model
+        try:
+            yield self
+        finally:
+            self.model = own
+
     def elapsed(self, name: str) -> float:
         """Seconds spent in phase ``name`` so far, the running one included."""
         running = time.perf_counter() - self._began if self.current == name else 0.0

@@ -3,7 +3,8 @@
 A gradient step backpropagates through every model call of the unrolled student. Stored, the
 activations of N calls of a large network do not fit a consumer GPU; recomputed, a step holds
 one call's (``checkpointed_model``) or one block's (``checkpointed_blocks``) at a time, for
-about one more forward each.
+about one more forward each. And the network's own weights stay out of autograd
+(``frozen_weights``): no gradient the size of the model, no inputs of every layer kept for one.
 """
 
 from __future__ import annotations
@@ -101,9 +102,37 @@ def checkpointed_blocks(module: torch.nn.Module):
                 block.forward = own
 
 
+@contextlib.contextmanager
+def frozen_weights(network: torch.nn.Module):
+    """Within: no parameter of ``network`` requires gradients and none is an inference-mode
+    tensor (those are swapped for ordinary copies); afterwards every flag and tensor is the
+    one that was there."""
+    flags, swapped = [], []
+    for module in network.modules():
+        for store in (module._parameters, module._buffers):
+            for name, tensor in list(store.items()):
+                if tensor is None:
+                    continue
+                if tensor.is_inference():  # its ordinary copy stands in; the original keeps its flag
+                    swapped.append((store, name, tensor))
+                    copy_ = tensor.clone()
+                    store[name] = torch.nn.Parameter(copy_, requires_grad=False) if isinstance(
+                        tensor, torch.nn.Parameter) else copy_
+                elif isinstance(tensor, torch.nn.Parameter) and tensor.requires_grad:
+                    flags.append(tensor)
+                    tensor.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for store, name, tensor in swapped:
+            store[name] = tensor
+        for tensor in flags:
+            tensor.requires_grad_(True)
+
+
 def _copied(value):
     return value.clone() if torch.is_tensor(value) else value
 
 
-__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "checkpointed_blocks", "checkpointed_model", "memory_plan",
-           "network_blocks"]
+__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "checkpointed_blocks", "checkpointed_model", "frozen_weights",
+           "memory_plan", "network_blocks"]

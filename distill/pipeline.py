@@ -71,7 +71,7 @@ def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: st
 
 def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), settings: FitSettings | None = None,
             convention: str = "auto", extra_args=None, device="cpu", start=None, provenance: dict | None = None,
-            progress=None, cancel=None, sigma_table=None, schedules: dict | None = None,
+            progress=None, cancel=None, sigma_table=None, schedules: dict | None = None, teacher_model=None,
             **changes) -> LearnedSolver:
     """Fit a few-step solver to ``model`` (a k-diffusion denoiser ``model(x, sigma, **extra_args)``).
 
@@ -83,6 +83,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     provenance: extra entries for the result's provenance (e.g. the model's family and CFG).
     sigma_table: a discrete model's ascending sigma table (for its time-uniform schedule);
     schedules: the host's own schedules, name -> (nfe -> sigmas), scored with the built-ins.
+    teacher_model: the denoiser the teacher runs (default ``model``): a solver fitted on a
+    distilled network (``sfd``) follows the original network's teacher.
     progress(step, total, loss, held_out, seconds_left) after every teacher batch (loss and
     held_out NaN) and every iteration, ``total`` counting both; seconds_left: the estimate of
     ``cost.TimeLeft`` (NaN until a model call has been timed); cancel() before every iteration
@@ -159,7 +161,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         state["teacher_total"] = total
         report(done, total + iterations_total, float("nan"), float("nan"))
 
-    with counter.phase("teacher"):
+    teacher_call = None if teacher_model is None else autocast_model(teacher_model, s.dtype)
+    with counter.phase("teacher"), counter.using(teacher_call):
         teacher = refine_teacher(call, start, s.teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
                                  base=s.teacher_base, convention=convention, extra_args=extra_args,
                                  batch_size=s.inference_batch_size, tolerance=s.teacher_tolerance,

@@ -27,7 +27,7 @@ from ..schedules.solver import parse_nfes
 from ..schedules.webui import host_schedules, model_convention
 from .discrete import fractional_timestep, is_discrete, snap_to_discrete
 from .fit import FitCancelled
-from .memory import MEMORY_MODES, checkpointed_blocks, memory_plan
+from .memory import MEMORY_MODES, checkpointed_blocks, frozen_weights, memory_plan
 from .pipeline import distill
 from .settings import METHODS, FitSettings
 
@@ -69,34 +69,6 @@ def repeat_conditioning(extra_args: dict, batch: int) -> dict:
     if torch.is_tensor(image_cond):
         repeated["image_cond"] = image_cond[:1].expand((batch,) + tuple(image_cond.shape[1:]))
     return repeated
-
-
-@contextlib.contextmanager
-def frozen_weights(network: torch.nn.Module):
-    """Within: no parameter of ``network`` requires gradients and none is an inference-mode
-    tensor (those are swapped for ordinary copies); afterwards every flag and tensor is the
-    one that was there."""
-    flags, swapped = [], []
-    for module in network.modules():
-        for store in (module._parameters, module._buffers):
-            for name, tensor in list(store.items()):
-                if tensor is None:
-                    continue
-                if tensor.is_inference():  # its ordinary copy stands in; the original keeps its flag
-                    swapped.append((store, name, tensor))
-                    copy_ = tensor.clone()
-                    store[name] = torch.nn.Parameter(copy_, requires_grad=False) if isinstance(
-                        tensor, torch.nn.Parameter) else copy_
-                elif isinstance(tensor, torch.nn.Parameter) and tensor.requires_grad:
-                    flags.append(tensor)
-                    tensor.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for store, name, tensor in swapped:
-            store[name] = tensor
-        for tensor in flags:
-            tensor.requires_grad_(True)
 
 
 @contextlib.contextmanager
