@@ -177,31 +177,12 @@ if io is not None:
         def execute(cls, model, positive, negative, latent_image, cfg, nfe, method, base, teacher_steps, samples,
                     iterations, seed, filename, memory="auto", validation=DEFAULTS.validation) -> io.NodeOutput:
             nfes = library.parse_nfes(nfe)
-            bar = {"shown": 0.0, "logged": -1}
-
-            def progress(step, total, loss, held_out, seconds_left):
-                if "bar" not in bar:
-                    bar["bar"] = comfy.utils.ProgressBar(total)
-                bar["bar"].update_absolute(step, total)
-                text = progress_text(step, total, loss, held_out, seconds_left)
-                now = time.monotonic()
-                if now - bar["shown"] >= 1.0 or step == total:  # the page needs no more than a line a second
-                    bar["shown"] = now
-                    _show_text(text)
-                quarter = 4 * step // max(total, 1)
-                if seconds_left == seconds_left and quarter != bar["logged"]:
-                    bar["logged"] = quarter
-                    log.info("Distill Sampler: %s", text)
-
-            def cancel():
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                return False
-
             try:
                 solver = distill_model(model, positive, negative, latent_image, cfg, nfe=nfes, method=method,
                                        base=base, teacher_steps=teacher_steps, samples=samples,
-                                       iterations=iterations, seed=seed, memory=memory, progress=progress,
-                                       cancel=cancel, validation=validation)
+                                       iterations=iterations, seed=seed, memory=memory,
+                                       progress=_fit_progress("Distill Sampler"), cancel=_interrupted,
+                                       validation=validation)
             except torch.OutOfMemoryError as err:  # re-raised as one, so ComfyUI still unloads its models
                 comfy.model_management.soft_empty_cache(True)
                 raise torch.OutOfMemoryError(
@@ -264,7 +245,7 @@ if io is not None:
                     io.Latent.Input("latent_image", tooltip="Sets the size and channels the fit runs at."),
                     io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                    tooltip="The CFG scale the LoRA is trained for: sample with the same one."),
-                    io.Int.Input("nfe", default=2, min=1, max=10,
+                    io.Int.Input("nfe", default=2, min=2, max=10,
                                  tooltip="Euler steps (model calls per image) the LoRA is trained for."),
                     io.Int.Input("rank", default=SFD_DEFAULTS.rank, min=1, max=256,
                                  tooltip="LoRA rank: larger learns more and makes a larger file."),
@@ -312,7 +293,8 @@ if io is not None:
             try:
                 result = distill_network_model(model, positive, negative, latent_image, cfg, nfe=nfe, rank=rank,
                                                iterations=iterations, samples=samples, seed=seed,
-                                               teacher_steps=teacher_steps, with_solver=learned_solver, memory=memory, validation=validation,
+                                               teacher_steps=teacher_steps, with_solver=learned_solver,
+                                               memory=memory, validation=validation,
                                                progress=_fit_progress("Distill Model (SFD)"), cancel=_interrupted)
             except torch.OutOfMemoryError as err:
                 comfy.model_management.soft_empty_cache(True)
@@ -324,7 +306,8 @@ if io is not None:
                 lora_path, solver_path = result.save(lora_path, solver_path)
                 library.register_schedulers(comfy.samplers, folder_paths)
                 folder_paths.filename_list_cache.clear()
-                text += f"\nsaved loras/{os.path.basename(lora_path)} and learned_solvers/{os.path.basename(solver_path)}"
+                text += (f"\nsaved loras/{os.path.basename(lora_path)} and "
+                         f"learned_solvers/{os.path.basename(solver_path)}")
                 lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
             else:
                 lora = result.adapters.file_tensors()
@@ -523,13 +506,9 @@ if io is not None:
             def progress(done, total):
                 bar.setdefault("bar", comfy.utils.ProgressBar(total)).update_absolute(done, total)
 
-            def cancel():
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                return False
-
             result = compare_model(model, positive, negative, latent_image, cfg, nfe, solver=learned_solver,
                                    samples=seeds, show=min(shown, seeds), seed=seed, progress=progress,
-                                   cancel=cancel)
+                                   cancel=_interrupted)
             pictures = [(label, _pictures(latents, vae)) for label, latents in result.rows(built_ins_shown)]
             sheet = labelled_rows(pictures)
             table = result.table()

@@ -80,6 +80,7 @@ class SfdSettings:
     validate_every: int = 25
     inference_batch_size: int = 16
     use_checkpoint: Any = "auto"
+    inputs: str = "teacher"
     with_solver: bool = False
     solver: dict | None = field(default=None, hash=False)
     dtype: Any = None
@@ -224,15 +225,17 @@ def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float,
     shape: one sample's shape. sigma_min, sigma_max: the model's range (host units). start:
     explicit start states [samples + validation, *shape]. sigma_table, schedules: as for
     ``pipeline.distill`` (a discrete model's sigmas; the host's own schedules). discrete: the
-    model looks sigmas up among ``sigma_table``'s (SD1.x, SDXL in ComfyUI), so the grid is moved
-    onto them before the teacher runs: the network is trained at the sigmas it samples at. progress(step,
-    total, loss, held_out, seconds_left) after every teacher batch and iteration; cancel()
-    before each, True (or an exception it raises) stops with ``FitCancelled``. The network's
-    weights are never changed and never get a gradient (``memory.frozen_weights``).
+    model looks sigmas up among ``sigma_table``'s (SD1.x, SDXL in ComfyUI), so the grid is
+    moved onto them before the teacher runs: the network is trained at the sigmas it samples
+    at. progress(step, total, loss, held_out, seconds_left) after every teacher batch and
+    iteration (seconds_left from the iterations' pace, NaN before); cancel() before each, True
+    (or an exception it raises) stops with ``FitCancelled``. The network's weights are never
+    changed and never get a gradient (``memory.frozen_weights``).
     """
     s = (settings or SfdSettings()).replace(**changes).check()
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= MAX_NFE:
-        raise ValueError(f"NFE must be a whole number from 1 to {MAX_NFE}; got {nfe!r}")
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or not 2 <= nfe <= MAX_NFE:
+        raise ValueError(f"NFE must be a whole number from 2 to {MAX_NFE} (a solver file holds 2 steps or "
+                         f"more); got {nfe!r}")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max; got {sigma_min} and {sigma_max}")
     convention = resolve_convention(model, convention)
@@ -360,14 +363,17 @@ def _train(call, adapters: LoraAdapters, targets, sigmas, train, held, teacher, 
         optimizer.zero_grad(set_to_none=True)
         value = 0.0
         with adapters.attached():
-            for i in range(steps):
-                for part in pick.split(s.micro_batch):
-                    x = targets[i][part].to(device)
+            for part in pick.split(s.micro_batch):
+                x = targets[0][part].to(device)
+                for i in range(steps):
+                    if s.inputs == "teacher":
+                        x = targets[i][part].to(device)
                     target = targets[i + 1][part].to(device)
                     out = euler_step(student, x, sigmas[i], sigmas[i + 1], setup.extra_args, convention)
                     loss = (out - target.to(out.dtype)).abs().mean() * (len(part) / len(pick))
                     loss.backward()
                     value += float(loss.detach())
+                    x = out.detach()
         grads = [p.grad for p in adapters.parameters() if p.grad is not None]
         if not math.isfinite(value) or not all(bool(torch.isfinite(g).all()) for g in grads):
             rejected += 1

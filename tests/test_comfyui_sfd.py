@@ -23,7 +23,8 @@ import nodes as comfy_nodes  # noqa: E402
 from comfyui_models import tiny_conditioning, tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(cfg=3.0, nfe=2, rank=4, iterations=4, teacher_steps=8, samples=6, seed=0, learned_solver=False, validation=8)
+SMALL = dict(cfg=3.0, nfe=2, rank=4, iterations=4, teacher_steps=8, samples=6, seed=0, learned_solver=False,
+             validation=8)
 
 
 @pytest.fixture(scope="module")
