@@ -181,7 +181,7 @@ def test_every_node_is_in_the_node_library_under_its_category(page, server):
     listed = folder.locator(":scope > .p-tree-node-children").inner_text()
     info = server.get("/object_info")
     ours = {name: node for name, node in info.items() if name.startswith("LS") and not name.startswith("LSTest")}
-    assert len(ours) == 8
+    assert len(ours) == 9
     for name, node in ours.items():
         assert node["category"] == "/".join(CATEGORY), name
         assert node["display_name"] in listed, (node["display_name"], listed)

@@ -17,8 +17,8 @@ if not os.environ.get("COMFYUI_PATH"):
 
 from comfyui_server import Server  # noqa: E402
 
-NODES = ["LSDistillSampler", "LSLearnedSampler", "LSLearnedSigmas", "LSLoadLearnedSolver", "LSSaveLearnedSolver",
-         "LSPullLearnedSolver", "LSSolverFamilySampler"]
+NODES = ["LSDistillSampler", "LSDistillModelSFD", "LSLearnedSampler", "LSLearnedSigmas", "LSLoadLearnedSolver",
+         "LSSaveLearnedSolver", "LSPullLearnedSolver", "LSSolverFamilySampler"]
 
 
 @pytest.fixture(scope="module")
