@@ -47,6 +47,8 @@ from .scoring import builtin_pairs, error_summary, mean_error, per_sample_errors
 from .settings import SolverSetup
 from .teacher import record_teacher, refine_teacher, teacher_grid
 
+# where a student step starts in training (``SfdSettings.inputs``)
+INPUTS = ("teacher", "student", "unrolled")
 # training samples the grid is chosen on (their teacher runs apart, at the teacher's steps)
 GRID_PROBES = 8
 
@@ -62,7 +64,11 @@ class SfdSettings:
     schedule name, or a sequence of N+1 sigmas. teacher_base, teacher_steps: the teacher's
     solver and its calls over the whole range. validate_every: iterations between validation
     runs. inference_batch_size: samples per run without gradients. use_checkpoint: recompute
-    the model call in backward ("auto": on a GPU). with_solver: also fit a learned solver on
+    the model call in backward ("auto": on a GPU). inputs: where each student step starts:
+    "teacher" (SFD's: the teacher's state, each step its own loss and backward through one
+    call), "student" (the student's own previous state, detached: the inputs it meets when
+    sampling) or "unrolled" (one loss on the final result, backpropagated through all N calls:
+    N calls' activations, or their recomputation). with_solver: also fit a learned solver on
     the distilled network (``pipeline.distill`` with ``FitSettings``' defaults, changed by
     ``solver``, a dict of FitSettings fields). dtype: autocast dtype for model calls. seed: noises, adapters, draws.
     """
@@ -94,6 +100,8 @@ class SfdSettings:
         return dataclasses.replace(self, **changes)
 
     def check(self) -> SfdSettings:
+        if self.inputs not in INPUTS:
+            raise ValueError(f"inputs must be one of {', '.join(INPUTS)}; got {self.inputs!r}")
         whole = {"iterations": 1, "samples": 1, "validation": 1, "batch_size": 1, "micro_batch": 1,
                  "teacher_steps": 4, "validate_every": 1, "inference_batch_size": 1}
         for name, low in whole.items():
@@ -368,8 +376,11 @@ def _train(call, adapters: LoraAdapters, targets, sigmas, train, held, teacher, 
                 for i in range(steps):
                     if s.inputs == "teacher":
                         x = targets[i][part].to(device)
-                    target = targets[i + 1][part].to(device)
                     out = euler_step(student, x, sigmas[i], sigmas[i + 1], setup.extra_args, convention)
+                    if s.inputs == "unrolled" and i < steps - 1:  # one loss at the end, through every step
+                        x = out
+                        continue
+                    target = targets[i + 1][part].to(device)
                     loss = (out - target.to(out.dtype)).abs().mean() * (len(part) / len(pick))
                     loss.backward()
                     value += float(loss.detach())
