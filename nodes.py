@@ -277,6 +277,8 @@ if io is not None:
                     io.Model.Output(display_name="model", tooltip="Your model with the LoRA applied."),
                     io.Sampler.Output(display_name="sampler"),
                     io.Sigmas.Output(display_name="sigmas"),
+                    io.Image.Output(display_name="plot", tooltip="The LoRA's grid against karras/exponential/AYS, "
+                                                                 "and the loss and held-out curves."),
                 ],
                 is_output_node=True,
             )
@@ -312,8 +314,9 @@ if io is not None:
             else:
                 lora = result.adapters.file_tensors()
             solver = result.with_solver or result.solver
+            figure = solver_figure(result.solver, result.nfe, reference_schedules(result.nfe, *solver.sigma_range))
             return io.NodeOutput(lora_model(model, lora), _learned_sampler(solver), solver.sigmas(result.nfe).float(),
-                                 ui=ui.PreviewText(text))
+                                 _image_tensor(figure), ui=ui.PreviewText(text))
 
     class LearnedSampler(io.ComfyNode):
         @classmethod

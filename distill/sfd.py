@@ -43,7 +43,7 @@ from .fit import FitCancelled, FitDiverged, autocast_model
 from .lora import COMFYUI_PREFIX, LoraAdapters, save_lora
 from .memory import checkpointed_model, frozen_weights
 from .pipeline import candidate_schedules, distill, start_states
-from .scoring import builtin_pairs, error_summary, mean_error, per_sample_errors, ratio_interval
+from .scoring import builtin_pairs, error_summary, mean_error, overall_rmse, per_sample_errors, ratio_interval
 from .settings import SolverSetup
 from .teacher import record_teacher, refine_teacher, teacher_grid
 
@@ -123,8 +123,9 @@ class DistilledNetwork:
     on the validation noises against the teacher (``scoring.error_summary`` plus "ratio_low",
     "ratio_high": a 90 % interval of its mean over plain Euler's); plain: the same of plain
     Euler on the grid. losses: training loss per iteration (the sum of the steps' L1);
-    validation: (iteration, mean validation error). solver: Euler on the grid as a
-    ``LearnedSolver`` (method "sfd"), with_solver: the solver fitted on top, or None.
+    validation: (iteration, validation RMSE; the snapshot kept is the best by mean per-sample
+    error). solver: Euler on the grid as a ``LearnedSolver`` (method "sfd"), with_solver: the
+    solver fitted on top, or None.
     provenance: teacher, settings, cost (model calls by kind and phase), timings.
     """
 
@@ -358,9 +359,10 @@ def _train(call, adapters: LoraAdapters, targets, sigmas, train, held, teacher, 
         with adapters.attached():
             return per_sample_errors(call, teacher, held, plain_fit, setup, s.inference_batch_size)
 
+    # selected on the mean per-sample error, logged as the RMSE (as the solver fits log theirs)
     best_errors = validate()
     best_score, best_state = mean_error(best_errors), adapters.snapshot()
-    losses, validation = [], [(0, best_score)]
+    losses, validation = [], [(0, overall_rmse(best_errors))]
     rejected = 0
     pace["fit_began"] = time.perf_counter()
     for iteration in range(s.iterations):
@@ -401,10 +403,10 @@ def _train(call, adapters: LoraAdapters, targets, sigmas, train, held, teacher, 
         held_out = validation[-1][1]
         if (iteration + 1) % s.validate_every == 0 or iteration + 1 == s.iterations:
             errors = validate()
-            held_out = mean_error(errors)
+            held_out = overall_rmse(errors)
             validation.append((iteration + 1, held_out))
-            if held_out < best_score:
-                best_score, best_errors, best_state = held_out, errors, adapters.snapshot()
+            if mean_error(errors) < best_score:
+                best_score, best_errors, best_state = mean_error(errors), errors, adapters.snapshot()
         report(first_step + iteration + 1, value, held_out)
     adapters.restore(best_state)
     return best_errors, losses, validation

@@ -68,7 +68,8 @@ def test_sfd_node_saves_a_lora_the_core_loader_loads_and_leaves_the_model_alone(
     network = model.model.diffusion_model
     out = run(pack["LSDistillModelSFD"], model=model, positive=positive, negative=negative, latent_image=latent,
               filename="tiny_sfd", **SMALL)
-    patched, sampler, sigmas = out.result
+    patched, sampler, sigmas, plot = out.result
+    assert plot.ndim == 4 and plot.shape[-1] == 3 and 0 <= float(plot.min()) and float(plot.max()) <= 1
     # the user's MODEL: same weights, patches and wrappers; no hook, no gradient left on it
     after = model_state(model)
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
