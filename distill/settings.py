@@ -13,6 +13,16 @@ METHODS = ("auto", "dode", "ld3", "s4s", "s4s_alt")
 LOSSES = ("capped", "l2", "l1", "mse")
 
 
+def replaced(settings, kind: str, changes: dict):
+    """A copy of the dataclass ``settings`` with ``changes``; an unknown name is refused with the
+    valid ones (``kind`` names the settings in the message: "fit", "SFD")."""
+    names = [f.name for f in dataclasses.fields(settings)]
+    unknown = set(changes) - set(names)
+    if unknown:
+        raise TypeError(f"unknown {kind} setting(s) {', '.join(sorted(unknown))}; the settings are {', '.join(names)}")
+    return dataclasses.replace(settings, **changes)
+
+
 @dataclass(frozen=True)
 class FitSettings:
     """How ``distill`` fits; every field has a default, ``replace(**changes)`` makes a variant.
@@ -64,11 +74,7 @@ class FitSettings:
 
     def replace(self, **changes) -> FitSettings:
         """A copy with ``changes``; an unknown name is refused with the valid ones."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise TypeError(f"unknown fit setting(s) {', '.join(sorted(unknown))}; the settings are "
-                            f"{', '.join(f.name for f in dataclasses.fields(self))}")
-        return dataclasses.replace(self, **changes)
+        return replaced(self, "fit", changes)
 
     def check(self) -> FitSettings:
         """Raise ValueError naming the fix for a value no fit can use; returns self."""
@@ -110,4 +116,4 @@ class SolverSetup:
         return {"base": self.base, "convention": self.convention, "corrector": self.corrector}
 
 
-__all__ = ["FitSettings", "LOSSES", "METHODS", "SolverSetup"]
+__all__ = ["FitSettings", "LOSSES", "METHODS", "SolverSetup", "replaced"]

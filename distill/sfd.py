@@ -24,7 +24,6 @@ the distilled network against the original network's teacher (``with_solver``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -44,7 +43,7 @@ from .lora import COMFYUI_PREFIX, LoraAdapters, save_lora
 from .memory import checkpointed_model, frozen_weights
 from .pipeline import candidate_schedules, distill, start_states
 from .scoring import builtin_pairs, error_summary, mean_error, overall_rmse, per_sample_errors, ratio_interval
-from .settings import SolverSetup
+from .settings import SolverSetup, replaced
 from .teacher import record_teacher, refine_teacher, teacher_grid
 
 # where a student step starts in training (``SfdSettings.inputs``)
@@ -93,11 +92,8 @@ class SfdSettings:
     seed: int = 0
 
     def replace(self, **changes) -> SfdSettings:
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise TypeError(f"unknown SFD setting(s) {', '.join(sorted(unknown))}; the settings are "
-                            f"{', '.join(f.name for f in dataclasses.fields(self))}")
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``; an unknown name is refused with the valid ones."""
+        return replaced(self, "SFD", changes)
 
     def check(self) -> SfdSettings:
         if self.inputs not in INPUTS:
