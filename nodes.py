@@ -32,12 +32,11 @@ log = logging.getLogger("learned_solvers")
 
 if io is not None:
     from .distill.comfyui import compare_model, distill_model, distill_network_model, lora_model
-    from .distill.lora import check_writable
     from .distill.sfd import SfdSettings
     from .distill.cost import progress_text
     from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
     from .schedules import comfyui as library
-    from .schedules.files import OPTIONAL_METADATA
+    from .schedules.files import OPTIONAL_METADATA, check_writable
     from .schedules.hub import pull_learned_solver
     from .schedules.plot import labelled_rows, preview, solver_figure
 

@@ -172,20 +172,4 @@ def save_lora(adapters: LoraAdapters, path, metadata: dict | None = None, prefix
     return write_atomically(path, save(adapters.file_tensors(prefix), metadata=text))
 
 
-def check_writable(folder) -> str:
-    """``folder`` (created if missing) when a file can be written there, else OSError naming it:
-    checked before a long fit, not after."""
-    import tempfile
-
-    folder = os.fspath(folder)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as error:
-        raise OSError(f"cannot write to {folder} ({error.strerror or error}); choose a folder you can write "
-                      f"or fix its permissions before the fit") from error
-    return folder
-
-
-__all__ = ["COMFYUI_PREFIX", "LORA_FORMAT", "LoraAdapters", "check_writable", "lora_targets", "save_lora"]
+__all__ = ["COMFYUI_PREFIX", "LORA_FORMAT", "LoraAdapters", "lora_targets", "save_lora"]

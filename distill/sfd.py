@@ -332,7 +332,9 @@ def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float,
                                convention=convention, extra_args=extra_args, device=device, teacher_model=original,
                                sigma_table=sigma_table, schedules=schedules,
                                provenance={"distilled_network": {"lora_rank": s.rank, "grid": grid_name}},
-                               **{"seed": s.seed, "dtype": s.dtype, **(s.solver or {})})
+                               progress=progress, cancel=cancel,
+                               **{"seed": s.seed, "dtype": s.dtype, "inference_batch_size": s.inference_batch_size,
+                                  **(s.solver or {})})
     provenance["seconds"] = round(time.perf_counter() - began, 3)
     provenance["cost"] = counter.report()
     return DistilledNetwork(adapters=adapters, nfe=nfe, sigmas=sigmas, grid_name=grid_name, held_out=held_out,
@@ -359,12 +361,13 @@ def _train(call, adapters: LoraAdapters, targets, sigmas, train, held, teacher, 
     best_errors = validate()
     best_score, best_state = mean_error(best_errors), adapters.snapshot()
     losses, validation = [], [(0, overall_rmse(best_errors))]
-    rejected = 0
+    rejected_in_a_row, backoff = 0, 1.0
     pace["fit_began"] = time.perf_counter()
     for iteration in range(s.iterations):
         check_cancel()
+        # cosine decay to a tenth of the peak, the peak halved after each rejected step
         for group in optimizer.param_groups:
-            group["lr"] = s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * iteration / s.iterations)))
+            group["lr"] = s.lr * backoff * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * iteration / s.iterations)))
         pick = train[torch.randperm(len(train), generator=gen)[:s.batch_size]]
         optimizer.zero_grad(set_to_none=True)
         value = 0.0
@@ -385,14 +388,14 @@ def _train(call, adapters: LoraAdapters, targets, sigmas, train, held, teacher, 
                     x = out.detach()
         grads = [p.grad for p in adapters.parameters() if p.grad is not None]
         if not math.isfinite(value) or not all(bool(torch.isfinite(g).all()) for g in grads):
-            rejected += 1
-            adapters.restore(best_state)
-            for group in optimizer.param_groups:
-                group["lr"] *= 0.5
-            if rejected >= 10:
+            # the adapters did not move (no optimiser step): skip it, at half the rate from now on
+            rejected_in_a_row += 1
+            backoff *= 0.5
+            if rejected_in_a_row >= 10:
                 raise FitDiverged("10 SFD steps gave a non-finite loss or gradient; check that the model returns "
                                   "finite values at these sigmas, or lower lr")
             continue
+        rejected_in_a_row = 0
         torch.nn.utils.clip_grad_norm_(list(adapters.parameters()), 1.0)
         optimizer.step()
         losses.append(value)

@@ -207,6 +207,20 @@ def write_atomically(path, blob: bytes) -> str:
     return path
 
 
+def check_writable(folder) -> str:
+    """``folder`` (created if missing) when a file can be written there, else OSError naming it:
+    checked before a long fit, not after."""
+    folder = os.fspath(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise OSError(f"cannot write to {folder} ({error.strerror or error}); choose a folder you can write "
+                      f"or fix its permissions before the fit") from error
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading
 
@@ -466,6 +480,7 @@ def read_metadata(path) -> dict:
 
 
 __all__ = [
+    "check_writable",
     "EXTENSION",
     "FORMAT_VERSION",
     "LearnedSolverFileError",

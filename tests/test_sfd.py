@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from learned_solvers.distill import FitCancelled
-from learned_solvers.distill.lora import COMFYUI_PREFIX, LoraAdapters, check_writable, lora_targets, save_lora
+from learned_solvers.distill.lora import COMFYUI_PREFIX, LoraAdapters, lora_targets, save_lora
 from learned_solvers.distill.sfd import SfdSettings, distill_network
 from learned_solvers.learned_samplers import sample_learned
 from learned_solvers.schedules import discrete_vp_sigmas
+from learned_solvers.schedules.files import check_writable
 from learned_solvers.testmodel import load_test_unet
 
 SD15 = discrete_vp_sigmas()
