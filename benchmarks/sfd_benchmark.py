@@ -59,7 +59,12 @@ def main(argv=None):
     changes = {}
     for item in args.set:
         name, _, value = item.partition("=")
-        changes[name] = float(value) if any(c in value for c in ".e") else int(value)
+        for kind in (int, float, str):  # numbers as numbers, words (inputs=student) as they are
+            try:
+                changes[name] = kind(value)
+                break
+            except ValueError:
+                continue
     settings = SfdSettings().replace(**changes).check()
     torch.manual_seed(0)
     unet = load_test_unet()
