@@ -17,7 +17,10 @@ the same networks on PyTorch's meta device (shapes only), the node's own weight 
 memory mode and solver loop, the CFG pair batched as ComfyUI batches it, attention as the flash
 kernel a GPU runs; a dispatch hook adds up the bytes of the tensors alive at each moment. It
 leaves out the CUDA allocator's rounding and caches, library workspaces and the teacher phase.
-``--weights-require-grad`` makes it treat the weights as trainable (as a LoRA fit would).
+``--weights-require-grad`` makes it treat the weights as trainable (as a full fine-tune would).
+``--fit sfd`` estimates one gradient step of the SFD fit instead (Distill Model (SFD)): LoRA
+adapters of ``--rank`` on the network, ``--micro-batch`` samples through one checkpointed Euler
+step, the adapters' gradients and Adam's moments, the base weights constant.
 ``--device cpu`` runs the node's fit on the CPU and reports the process's peak resident memory
 above what it held before the model was built (Linux; set ``MALLOC_MMAP_THRESHOLD_=65536`` so
 freed buffers go back to the system): slow, but a real run to check the estimate against.
@@ -279,11 +282,12 @@ def estimate(name, resolution, mode, args):
     cfg = CFG[name]
     pair = 1 if cfg == 1.0 else 2  # ComfyUI runs cond and uncond as one batch; at CFG 1 only cond
     text, pooled = CONDITIONING[name]
-    conditioning = {"c_crossattn": torch.zeros(pair, *text, device=meta)}
+    rows = pair * (args.micro_batch if args.fit == "sfd" else 1)  # the batch each model call sees
+    conditioning = {"c_crossattn": torch.zeros(rows, *text, device=meta)}
     if pooled:
-        conditioning["y"] = torch.zeros(pair, *pooled, device=meta)
+        conditioning["y"] = torch.zeros(rows, *pooled, device=meta)
     if name == "flux":
-        conditioning["guidance"] = torch.full((pair,), 3.5, device=meta)
+        conditioning["guidance"] = torch.full((rows,), 3.5, device=meta)
 
     def denoiser(x, sigma, **_):
         out = model.apply_model(x.repeat(pair, 1, 1, 1), sigma.repeat(pair), **conditioning)
@@ -295,6 +299,8 @@ def estimate(name, resolution, mode, args):
     flow = name == "flux"
     sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.08, 0.0] if flow else [14.61, 4.0, 1.5, 0.5, 0.1, 0.0])
     blocks = checkpointed_blocks(model.diffusion_model) if mode == "blocks" else contextlib.nullcontext()
+    if args.fit == "sfd":
+        return _estimate_sfd(name, resolution, mode, args, model, denoiser, weights, flow, blocks)
     began = time.perf_counter()
     with LiveBytes() as tracked, flash_attention_on_meta(), blocks:
         # the start depends on the learned noise offsets (soft slack), so the state carries gradients
@@ -308,6 +314,35 @@ def estimate(name, resolution, mode, args):
             f"| estimate ({seconds:.0f} s on the CPU{note}) |")
 
 
+def _estimate_sfd(name, resolution, mode, args, model, denoiser, weights, flow, blocks):
+    """One gradient step of the SFD fit on meta tensors: LoRA adapters of ``args.rank`` on the
+    network, ``args.micro_batch`` samples through one checkpointed Euler step with the L1 loss
+    (as ``sfd._train`` steps), the adapters' gradients; the adapters and Adam's two moments count
+    beside the weights."""
+    from learned_solvers.distill.lora import LoraAdapters
+    from learned_solvers.distill.memory import checkpointed_model
+    from learned_solvers.learned_samplers import sample_learned
+
+    meta = torch.device("meta")
+    adapters = LoraAdapters(model.diffusion_model, args.rank, device=meta)
+    adapter_bytes = sum(p.numel() * p.element_size() for p in adapters.parameters())
+    channels = CASES[name][2]
+    sigma, sigma_next = (1.0, 0.5) if flow else (14.61, 1.5)
+    began = time.perf_counter()
+    with LiveBytes() as tracked, flash_attention_on_meta(), blocks, adapters.attached():
+        x = torch.zeros(args.micro_batch, channels, resolution // 8, resolution // 8, device=meta)
+        # sfd.euler_step's call, with the sigmas left on the CPU (a meta tensor has no values to check)
+        out = sample_learned(checkpointed_model(denoiser), x, torch.tensor([sigma, sigma_next]), None, None, True,
+                             base="euler", convention="flow" if flow else "ve")
+        (out - torch.zeros_like(out)).abs().mean().backward()
+    seconds = time.perf_counter() - began
+    # the gradients were made inside (tracked); the adapters and Adam's moments live throughout
+    peak = weights + 3 * adapter_bytes + tracked.peak
+    return (f"| {name} | {resolution}² | {mode} | {weights / 2 ** 30:.1f} | {peak / 2 ** 30:.1f} "
+            f"| estimate, SFD rank {args.rank} ({adapter_bytes / 2 ** 20:.0f} MiB of adapters), "
+            f"{args.micro_batch} samples per step ({seconds:.0f} s on the CPU) |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["sd15@512", "sdxl@1024", "flux@1024"],
@@ -319,6 +354,10 @@ def main(argv=None):
                         "resident memory above its start; slow at full sizes); meta: an estimate of the fit's peak")
     parser.add_argument("--weights-require-grad", action="store_true",
                         help="with --device meta: treat the weights as trainable (their gradients and copies count)")
+    parser.add_argument("--fit", choices=["solver", "sfd"], default="solver",
+                        help="with --device meta: the Distill node's solver fit (default) or the SFD fit's step")
+    parser.add_argument("--rank", type=int, default=8, help="with --fit sfd: the LoRA's rank")
+    parser.add_argument("--micro-batch", type=int, default=8, help="with --fit sfd: samples per gradient step")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import_comfyui()
@@ -332,7 +371,9 @@ def main(argv=None):
         comfy.cli_args.args.use_pytorch_cross_attention = True  # as on a GPU (and no free-memory queries)
     if not args.one:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-        print(f"{name}, torch {torch.__version__}, bf16 weights, one sample per gradient step, NFE 5\n")
+        what = (f"SFD, {args.micro_batch} samples per gradient step (one Euler step), LoRA rank {args.rank}"
+                if args.fit == "sfd" else "one sample per gradient step, NFE 5")
+        print(f"{name}, torch {torch.__version__}, bf16 weights, {what}\n")
         if device.type == "meta":
             print("| model | size | memory mode | weights GiB | fit peak GiB | note |\n|---|---|---|---|---|---|")
         else:
@@ -349,7 +390,8 @@ def main(argv=None):
         for mode in args.modes:
             child = subprocess.run([sys.executable, __file__, "--one", "--cases", case, "--modes", mode,
                                     "--iterations", str(args.iterations), "--teacher-steps", str(args.teacher_steps),
-                                    "--device", args.device]
+                                    "--device", args.device, "--fit", args.fit, "--rank", str(args.rank),
+                                    "--micro-batch", str(args.micro_batch)]
                                    + (["--weights-require-grad"] if args.weights_require_grad else []),
                                    capture_output=True, text=True)
             rows = [line for line in child.stdout.splitlines() if line.startswith(f"| {case.split('@')[0]} ")]

@@ -225,7 +225,8 @@ def distill_network_model(model, positive, negative, latent, cfg: float, *, nfe:
     The adapters sit on the user's network only while the fit runs (forward hooks, removed
     afterwards, also on an error or a cancel); its weights are never written. On a discrete
     model the grid is moved onto its training sigmas first (and the learned solver's, when
-    ``with_solver``, afterwards). memory: one of MEMORY_MODES, as for ``distill_model``.
+    ``with_solver``, afterwards). memory: one of MEMORY_MODES, as for ``distill_model``; its plan
+    also sets the samples per gradient pass (``micro_batch``, unless given in ``options``).
     """
     facts, own_schedules, table = host_facts(model)
     plan = memory_plan(model, memory)
@@ -239,12 +240,12 @@ def distill_network_model(model, positive, negative, latent, cfg: float, *, nfe:
             with_solver=with_solver, use_checkpoint=True, device=device,
             inference_batch_size=plan["inference_batch_size"], sigma_table=table, schedules=own_schedules,
             discrete=facts["discrete"], progress=progress, cancel=cancel,
+            **{"micro_batch": plan["micro_batch"], **options},
             provenance={"model": {"family": facts["family"], "prediction": facts["prediction"],
                                   "shift": facts.get("shift"), "fingerprint": fingerprint(model),
                                   "cfg": float(cfg), "resolution": list(shape),
                                   "sigma_range": [facts["sigma_min"], facts["sigma_max"]]},
-                        "memory": plan["memory"]},
-            **options)
+                        "memory": plan["memory"]})
 
     result = run_guided(model, positive, negative, cfg, shape, seed, fit, for_gradients=True, memory=plan["memory"])
     if result.with_solver is not None and facts["discrete"]:

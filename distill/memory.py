@@ -22,12 +22,17 @@ LARGE_MODEL_BYTES = 3 * 1024 ** 3
 
 def memory_plan(memory: str, model_bytes: int) -> dict:
     """How a host's fit bounds memory for a network of ``model_bytes``: the mode ("model calls"
-    or "blocks"), the samples per run without gradients, and D-ODE's sample cap.
+    or "blocks"), the samples per run without gradients, D-ODE's sample cap and the samples per
+    gradient pass.
 
     "model calls": each model call of the unrolled student is recomputed in backward, so a
     gradient step holds one call's activations. "blocks": each block inside that call is
     recomputed too (``checkpointed_blocks``), so a step holds one block's activations (about one
-    more forward per call), and runs without gradients take 2 samples at a time. "auto":
+    more forward per call), and runs without gradients take 2 samples at a time. Either way a
+    gradient pass takes ``micro_batch`` (2) samples, the gradient accumulated over the batch: the
+    SFD step of 8 samples at 8 would hold 17.6 GB on SD1.5 at 512² in "model calls" and 20 GB on
+    SDXL at 1024² in "blocks", at 2 6.8 and 9.3 GB (``benchmarks/comfyui_memory.py --device meta
+    --fit sfd``). "auto":
     "blocks" for networks of ``LARGE_MODEL_BYTES`` or more (SDXL, SD3, Flux, Wan), "model calls"
     below (SD1.x).
     """
@@ -36,8 +41,8 @@ def memory_plan(memory: str, model_bytes: int) -> dict:
     if memory == "auto":
         memory = "blocks" if model_bytes >= LARGE_MODEL_BYTES else "model calls"
     if memory == "blocks":
-        return {"memory": "blocks", "inference_batch_size": 2, "dode_samples": 4}
-    return {"memory": "model calls", "inference_batch_size": 8, "dode_samples": None}
+        return {"memory": "blocks", "inference_batch_size": 2, "dode_samples": 4, "micro_batch": 2}
+    return {"memory": "model calls", "inference_batch_size": 8, "dode_samples": None, "micro_batch": 2}
 
 
 def checkpointed_model(model):

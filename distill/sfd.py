@@ -316,7 +316,8 @@ def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float,
                       floor={"base": "euler", "schedule": grid_name, **plain}, losses=losses,
                       validation=[(step, value) for step, value in validation])
     provenance = {"teacher": teacher_info, "rank": s.rank, "iterations": s.iterations, "samples": s.samples,
-                  "validation": s.validation, "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed,
+                  "validation": s.validation, "batch_size": s.batch_size,
+                  "micro_batch": s.micro_batch, "lr": s.lr, "seed": s.seed,
                   "shape": list(shape), "package_version": __version__, **(provenance or {})}
     solver = LearnedSolver(base="euler", convention=convention, corrector=False, method="sfd",
                            sigma_range=setup.sigma_range, fits={nfe: fit}, provenance=provenance)

@@ -324,7 +324,7 @@ def test_the_memory_mode_follows_the_networks_size_as_in_comfyui():
 
     assert memory_plan("auto", LARGE_MODEL_BYTES - 1)["memory"] == "model calls"
     big = memory_plan("auto", LARGE_MODEL_BYTES)
-    assert big == {"memory": "blocks", "inference_batch_size": 2, "dode_samples": 4}
+    assert big == {"memory": "blocks", "inference_batch_size": 2, "dode_samples": 4, "micro_batch": 2}
     assert memory_plan("blocks", 0)["memory"] == "blocks"
     with pytest.raises(ValueError, match="unknown memory mode"):
         memory_plan("lots", 0)
