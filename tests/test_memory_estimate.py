@@ -105,3 +105,18 @@ def test_the_estimate_on_a_real_architecture_ranks_the_modes():
     assert figures["blocks", False] < figures["model calls", False]
     assert figures["blocks", False] < figures["blocks", True]
     assert figures["model calls", False] < figures["model calls", True]
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set to a ComfyUI checkout")
+def test_the_sfd_estimate_grows_with_the_samples_per_pass():
+    figures = {}
+    for micro, modes in ((2, ["model calls", "blocks"]), (8, ["model calls"])):
+        run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "comfyui_memory.py"), "--device", "meta",
+                              "--cases", "sd15@256", "--fit", "sfd", "--micro-batch", str(micro), "--modes", *modes],
+                             capture_output=True, text=True, timeout=600)
+        rows = [line.split("|") for line in run.stdout.splitlines() if line.startswith("| sd15 ")]
+        assert run.returncode == 0 and len(rows) == len(modes), run.stdout + run.stderr
+        for row in rows:
+            assert row[4].strip() == "1.6" and "SFD rank 8" in row[6] and f"{micro} samples" in row[6]
+            figures[row[3].strip(), micro] = float(row[5])
+    assert figures["blocks", 2] < figures["model calls", 2] < figures["model calls", 8]
