@@ -84,8 +84,27 @@ def test_scores_and_their_interval():
     summary = error_summary(errors)
     assert abs(summary["mean"] - 0.19) < 1e-12 and summary["median"] == 0.1
     assert no_worse_tail(errors * 0.5, errors) and not no_worse_tail(errors * 2, errors)
+    assert not no_worse_tail(torch.full_like(errors, float("nan")), errors)
     low, high = ratio_interval(errors * 0.5, errors)
     assert low <= 0.5 <= high
+
+
+def test_a_longer_ordinary_tail_is_no_flip_and_a_new_flip_is():
+    gen = torch.Generator().manual_seed(0)
+    floor = 0.01 + 0.002 * torch.rand(64, generator=gen, dtype=torch.float64)  # no flip
+    better = 0.5 * floor
+    better[:6] = 0.016  # its worst tenth above the floor's, but within 2x the floor's median
+    assert better.mean() < floor.mean() and tail_error(better) > tail_error(floor)
+    assert no_worse_tail(better, floor)
+    flipped = better.clone()
+    flipped[7] = 0.3  # one sample in another mode
+    assert not no_worse_tail(flipped, floor)
+    # where the floor flips, a fit may flip other samples, but not more in sum
+    floor_flips = floor.clone()
+    floor_flips[:4] = 0.4
+    moved = 0.5 * floor
+    moved[10:14] = 0.35
+    assert no_worse_tail(moved, floor_flips) and not no_worse_tail(moved + (torch.arange(64) == 20) * 0.3, floor_flips)
 
 
 def test_beta_schedule_crowds_both_ends():
