@@ -262,8 +262,9 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
 
     learn: a subset of {"grid", "offsets", "coefficients", "step_scales"}; keep: the options a
     snapshot carries (default ``learn``; S4S-Alt passes every block learned so far). The best
-    snapshot by validation score is returned (the mean per-sample error, among snapshots whose
-    tail is no worse than ``floor_errors``' [len(validation)], the best built-in pair's, when given).
+    snapshot by validation score is returned (the mean per-sample error, among snapshots that add
+    no flips to ``floor_errors``' [len(validation)], the best built-in pair's, when given:
+    ``scoring.no_worse_tail``).
     loss_cap: the per-sample distance cap of the "capped" loss and ``params`` are left at it (the initial state
     counts, so the fit never ends worse on the validation samples than it started). lr: peak
     Adam rates per group (defaults ``DEFAULT_LR`` x (4 / N)^2), decayed by a cosine to
@@ -308,7 +309,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     cap = loss_cap
 
     def validate():
-        # selected on the mean among snapshots that keep the floor's tail; logged as the RMSE
+        # selected on the mean among snapshots that add no flips to the floor's; logged as the RMSE
         snap = params.snapshot(keep, method, convention, sigma_range)
         errors = per_sample_errors(model, teacher, validation, snap, setup, settings.inference_batch_size)
         allowed = floor_errors is None or no_worse_tail(errors, floor_errors)
