@@ -181,7 +181,8 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
 
     latent: a LATENT dict; its first sample's shape [C, H, W] is the fitting shape. batch_size:
     samples per gradient step (each is a CFG pair through the model unless cfg is 1). memory:
-    one of MEMORY_MODES (``memory_plan``). Other keyword options go to ``distill``. The defaults
+    one of MEMORY_MODES (``memory_plan``; its plan also sets ``micro_batch`` unless given). Other
+    keyword options go to ``distill``. The defaults
     are ``FitSettings``'s; ComfyUI's own schedulers for this model are scored with the built-ins.
     progress / cancel as for ``distill``.
     """
@@ -201,7 +202,7 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
                                   "shift": facts.get("shift"), "fingerprint": fingerprint(model),
                                   "cfg": float(cfg), "resolution": list(shape)},
                         "memory": plan["memory"], "batch_size": batch_size},
-            **options)
+            **{"micro_batch": plan["micro_batch"], **options})
 
     solver = run_guided(model, positive, negative, cfg, shape, seed, fit, for_gradients=True, memory=plan["memory"])
     if facts["discrete"]:

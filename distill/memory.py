@@ -29,10 +29,11 @@ def memory_plan(memory: str, model_bytes: int) -> dict:
     gradient step holds one call's activations. "blocks": each block inside that call is
     recomputed too (``checkpointed_blocks``), so a step holds one block's activations (about one
     more forward per call), and runs without gradients take 2 samples at a time. Either way a
-    gradient pass takes ``micro_batch`` (2) samples, the gradient accumulated over the batch: the
-    SFD step of 8 samples at 8 would hold 17.6 GB on SD1.5 at 512² in "model calls" and 20 GB on
-    SDXL at 1024² in "blocks", at 2 6.8 and 9.3 GB (``benchmarks/comfyui_memory.py --device meta
-    --fit sfd``). "auto":
+    gradient pass takes ``micro_batch`` (2) samples, the gradient accumulated over the batch (the
+    hosts pass it to the solver fit and the SFD fit unless the caller sets it): an SFD step with
+    all 8 samples in one pass would hold 17.6 GB on SD1.5 at 512² in "model calls" and 20 GB on
+    SDXL at 1024² in "blocks", with 2 per pass 6.8 and 9.3 GB (``benchmarks/comfyui_memory.py
+    --device meta --fit sfd``). "auto":
     "blocks" for networks of ``LARGE_MODEL_BYTES`` or more (SDXL, SD3, Flux, Wan), "model calls"
     below (SD1.x).
     """

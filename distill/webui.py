@@ -244,7 +244,8 @@ def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: f
         with blocks:
             return distill(denoiser, shape, sigma_min=low, sigma_max=high, nfe=nfe,
                            settings=s.replace(inference_batch_size=plan["inference_batch_size"],
-                                              dode_samples=plan["dode_samples"]),
+                                              dode_samples=plan["dode_samples"],
+                                              micro_batch=settings.get("micro_batch", plan["micro_batch"])),
                            convention=facts["convention"], device=device, sigma_table=facts["table"], schedules=own,
                            progress=progress, cancel=cancel,
                            provenance={"model": {"cfg": float(cfg), "resolution": list(shape),
