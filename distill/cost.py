@@ -142,9 +142,19 @@ def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterat
     floor = nfe * (rounds(pairs, shortlist, finalists) + (rounds(own_pairs, 2, 1) if own_pairs else 0))
     if not gradient_fit:  # D-ODE: a teacher run of the training samples on the floor's grid, one solve
         return {"inference": floor + samples * (teacher_steps + nfe) + validation * nfe, "gradient": 0, "backward": 0}
+    one_fit = fit_calls(nfe=nfe, validation=validation, iterations=iterations, batch_size=batch_size,
+                        validate_every=validate_every, checkpoint=checkpoint, corrections=corrections)
+    return {**one_fit, "inference": floor + one_fit["inference"]}
+
+
+def fit_calls(*, nfe: int, validation: int, iterations: int, batch_size: int, validate_every: int,
+              checkpoint: bool, corrections: int = 0) -> dict:
+    """The sample-calls of one gradient fit from one start ({kind: calls}): the closed-form first
+    coefficients, the unrolled runs and the validations of ``planned_calls``; a fit from a second
+    start (``pipeline._floor``) makes as many again."""
     runs = iterations * batch_size * nfe
     validations = 1 + math.ceil(iterations / validate_every)
-    inference = floor + validations * validation * nfe + corrections * nfe
+    inference = validations * validation * nfe + corrections * nfe
     return {"inference": inference, "gradient": runs * (2 if checkpoint else 1), "backward": runs}
 
 
@@ -211,4 +221,4 @@ def progress_text(step: int, total: int, loss: float, held_out: float, seconds_l
     return text + (f", {duration(seconds_left)} left" if step < total else "")
 
 
-__all__ = ["CallCounter", "KINDS", "PHASES", "TimeLeft", "duration", "planned_calls", "progress_text"]
+__all__ = ["CallCounter", "KINDS", "PHASES", "TimeLeft", "duration", "fit_calls", "planned_calls", "progress_text"]

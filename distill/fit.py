@@ -29,7 +29,7 @@ from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .grid import MonotoneGrid
 from .memory import checkpointed_model
-from .scoring import no_worse_tail, overall_rmse, per_sample_errors, mean_error
+from .scoring import capped, no_worse_tail, overall_rmse, per_sample_errors, mean_error
 from .settings import FitSettings, SolverSetup
 
 # peak rates for 4 steps at the Distill node's 3-sample batches: larger rates let such small,
@@ -233,11 +233,10 @@ def _loss(out, target, kind, cap=None):
     if kind == "mse":
         return diff.pow(2).mean()
     distance = diff.pow(2).mean(1).add(1e-12).sqrt()
-    if kind == "capped" and cap is not None and cap > 0:
-        # cap * log(1 + d / cap): d where d << cap, growing only logarithmically past it; the weight
-        # of a sample falls as cap / d but never reaches 0, so a fit that has gone wrong on every
-        # sample still has a gradient back (Adam does not mind its scale)
-        distance = cap * torch.log1p(distance / cap)
+    if kind == "capped":
+        # the weight of a sample falls as cap / d but never reaches 0, so a fit that has gone wrong
+        # on every sample still has a gradient back (Adam does not mind its scale)
+        distance = capped(distance, cap)
     return distance.mean()
 
 

@@ -14,11 +14,11 @@ import torch
 from ..version import __version__
 from ..learned_samplers import BASE_SOLVERS, resolve_convention
 from ..schedules import builtin_schedules, uniform
-from .cost import CallCounter, TimeLeft, planned_calls
+from .cost import CallCounter, TimeLeft, fit_calls, planned_calls
 from .fit import (CAP_FACTOR, StudentParameters, autocast_model, fit_corrections, fit_gradient, fit_step_scales,
                   start_noise_scale)
 from .scoring import (builtin_pairs, error_summary, mean_error, no_worse_tail, overall_rmse, per_sample_errors,
-                      ratio_interval, score_pairs)
+                      ratio_interval, score_pairs, typical_error)
 from .settings import FitSettings, SolverSetup
 from ..schedules.solver import MAX_NFE, FittedSteps, LearnedSolver
 from .teacher import record_teacher, refine_teacher, teacher_grid
@@ -42,6 +42,8 @@ FLOOR_FINALISTS = 3
 # training samples whose teacher trajectories are kept for the closed-form first coefficients
 # (at most ``FitSettings.dode_samples``: they run as one batch)
 CORRECTION_SAMPLES = 16
+# the schedule name of the grid read off the teacher's trajectories (``trajectory.StepCosts``)
+TRAJECTORY = "trajectory"
 
 
 def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: str, sigma_table=None,
@@ -187,20 +189,29 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         shared = SolverSetup(base=bases[0], convention=convention, corrector=bases[0].startswith("unipc"),
                              sigma_range=sigma_range, extra_args=extra_args, device=device)
         pairs = pairs_by_nfe[n]
-        own = (builtin_pairs({"trajectory": step_costs.grid}, n, bases, sigma_min, sigma_max, convention)
+        own = (builtin_pairs({TRAJECTORY: step_costs.grid}, n, bases, sigma_min, sigma_max, convention)
                if own_grids else [])
         with counter.phase("floor"):
-            floor, start = _floor(call, teacher, train, held, pairs, own, shared, s.inference_batch_size)
+            floor, starts = _floor(call, teacher, train, held, pairs, own, shared, s.inference_batch_size)
         floor_base, floor_name, floor_fit, floor_errors, floor_setup, floor_train = floor
-        start_base, start_name, start_fit, start_errors, setup, start_train = start
         floor_fit.method = "builtin"
-        plain = FittedSteps(sigmas=start_fit.sigmas, coordinate=start_fit.coordinate)
-        log = {"losses": [], "validation": [], "rejected": 0}
-        cap = CAP_FACTOR * float(start_train.median()) if len(start_train) else None
-        gradient = dict(seed=s.seed + n, progress=report, cancel=cancel, total_steps=total, floor_errors=floor_errors,
-                        loss_cap=cap)
+        if method == "dode":  # a closed form from one grid: its start is the best by mean
+            starts = starts[:1]
+        if len(starts) > 1:  # the second fit's calls join the plan now that they are known
+            for kind, calls in fit_calls(nfe=n, validation=len(held), iterations=s.iterations,
+                                         batch_size=s.batch_size, validate_every=s.validate_every,
+                                         checkpoint=bool(s.use_checkpoint), corrections=kept).items():
+                time_left.plan(kind, calls)
         first_step = teacher_batches + index * s.iterations
-        with counter.phase("fit"):
+
+        def fit_from(start):
+            """The method's fit from one start: (best FittedSteps, log)."""
+            start_base, start_name, start_fit, start_errors, setup, start_train = start
+            plain = FittedSteps(sigmas=start_fit.sigmas, coordinate=start_fit.coordinate)
+            log = {"losses": [], "validation": [], "rejected": 0}
+            cap = CAP_FACTOR * float(start_train.median()) if len(start_train) else None
+            gradient = dict(seed=s.seed + n, progress=report, cancel=cancel, total_steps=total,
+                            floor_errors=floor_errors, loss_cap=cap)
             if method == "dode":
                 states = _teacher_states(call, teacher, train[:s.dode_samples] if s.dode_samples else train,
                                          start_fit.sigmas, s, convention, sigma_min, extra_args, device)
@@ -233,17 +244,27 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                     log["validation"] += part["validation"]
                     log["rejected"] += part["rejected"]
                     log["best_errors"] = part["best_errors"]
-        errors = log.get("best_errors")  # the gradient fits measured their best snapshot already
-        if errors is None:
-            with counter.phase("selection"):
-                errors = per_sample_errors(call, teacher, held, best, setup, s.inference_batch_size)
+            return best, log
+
+        with counter.phase("fit"):
+            fitted = [(start, *fit_from(start)) for start in starts]
+        for start, best, log in fitted:
+            if log.get("best_errors") is None:  # the gradient fits measured their best snapshot already
+                with counter.phase("selection"):
+                    log["best_errors"] = per_sample_errors(call, teacher, held, best, start[4], s.inference_batch_size)
+        # between fits from two starts, the one that keeps typical samples closer (the tail is
+        # guarded below either way); the first where they tie
+        start, best, log = min(fitted, key=lambda f: typical_error(f[2]["best_errors"], floor_errors))
+        start_base, start_name, start_fit, start_errors, setup, start_train = start
+        errors = log["best_errors"]
         # a fit that adds flips is not taken; ties keep the built-in pair
         fitted_score = mean_error(errors) if no_worse_tail(errors, floor_errors) else math.inf
         candidates = [(mean_error(floor_errors), floor_fit, floor_errors, floor_setup)]
-        if start_fit is not floor_fit:  # the teacher's own grid with the plain base: kept where it adds no flips
-            start_fit.method = "trajectory"
-            allowed = no_worse_tail(start_errors, floor_errors)
-            candidates.append((mean_error(start_errors) if allowed else math.inf, start_fit, start_errors, setup))
+        for _, pair_name, pair_fit, pair_errors, pair_setup, _ in starts:
+            if pair_name == TRAJECTORY:  # the teacher's own grid with the plain base: kept where it adds no flips
+                pair_fit.method = "trajectory"
+                allowed = no_worse_tail(pair_errors, floor_errors)
+                candidates.append((mean_error(pair_errors) if allowed else math.inf, pair_fit, pair_errors, pair_setup))
         candidates.append((fitted_score, best, errors, setup))
         if method == "dode":
             report(teacher_batches + index + 1, total, float("nan"), overall_rmse(errors))
@@ -256,6 +277,9 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                            "ratio_low": low, "ratio_high": high}
         chosen.floor = {"base": floor_base, "schedule": floor_name, **error_summary(floor_errors)}
         chosen.start = {"base": start_base, "schedule": start_name}
+        others = [f"{other[0]} + {other[1]}" for other, _, _ in fitted if other is not start]
+        if others:  # fitted from there too, and not kept
+            chosen.start["also_fitted"] = others[0]
         chosen.fit_seconds = time.perf_counter() - fit_began
         chosen.losses = log["losses"]
         chosen.validation = log["validation"]
@@ -282,15 +306,19 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
 
 
 def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_size: int) -> tuple:
-    """(the floor, the start): the best built-in pair and the pair the fit starts from.
+    """(the floor, the starts): the best built-in pair and the one or two pairs fits start from.
 
     Every pair, the built-in ones (``pairs``) and the teacher-trajectory ones (``own``), is
     ranked by mean error in rounds of more and more samples (``FLOOR_PROBES``,
     ``FLOOR_SHORTLIST``, ``FLOOR_FINALISTS``; built-in and own pairs ranked apart), the last
     round on every validation sample, where the fit is judged. The floor is the best built-in
-    finalist, the start the best finalist of all, both by the mean over their training and
-    validation samples. Each is (base, schedule name, its FittedSteps, its validation errors,
-    its SolverSetup, its training errors)."""
+    finalist by the mean over its training and validation samples; the starts are the best
+    finalist of all by that mean and, where another one, the best by ``scoring.typical_error``
+    (the same samples, capped at the floor's median). The mean favours the pair with the fewest
+    flips, the typical error the one closest on most samples; which of the two a fit does better
+    from is not known before it runs (on the hard mixture at NFE 5-8 the second, on the
+    power-law mixture at NFE 6 the first, by 2x). Each is (base, schedule name, its FittedSteps,
+    its validation errors, its SolverSetup, its training errors)."""
     first, second = FLOOR_PROBES
     probe, more = train[:first], train[first:first + second]
 
@@ -318,8 +346,11 @@ def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_si
         finalists.append((mean_error(torch.cat([train_errors, held_errors])), pair_base, pair_name, pair_fit,
                           held_errors, pair_setup, train_errors))
     floor = min(finalists[:len(ranked)], key=lambda item: item[0])
-    start = min(finalists, key=lambda item: item[0])  # the floor where they tie
-    return floor[1:], start[1:]
+    by_mean = min(finalists, key=lambda item: item[0])  # the floor where they tie
+    reference = torch.cat([floor[6], floor[4]])
+    by_typical = min(finalists, key=lambda item: typical_error(torch.cat([item[6], item[4]]), reference))
+    starts = [by_mean] if by_typical is by_mean else [by_mean, by_typical]
+    return floor[1:], [start[1:] for start in starts]
 
 
 def _first_corrections(call, teacher, trajectories: StepCosts, plain: FittedSteps, setup: SolverSetup,

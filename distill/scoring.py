@@ -63,6 +63,29 @@ def mean_error(errors: torch.Tensor) -> float:
     return value if math.isfinite(value) else math.inf
 
 
+def capped(distances: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Each distance d counted as cap * log(1 + d / cap): d where d << cap, growing only
+    logarithmically past it (the "capped" loss, and what the fit's start is chosen by); d itself
+    without a positive cap."""
+    if cap is None or not cap > 0:
+        return distances
+    return cap * torch.log1p(distances / cap)
+
+
+def typical_error(errors: torch.Tensor, floor_errors: torch.Tensor) -> float:
+    """The mean of ``errors`` each ``capped`` at the floor's median error: how close a candidate
+    keeps the typical samples, a flip counting as a few typical errors instead of dozens.
+
+    What two fits from different starts are chosen between. The mean alone picks the one with a
+    few flips less even when it is worse on most samples: on the hard mixture at NFE 5 the fit
+    from the teacher-trajectory grid had a 10 % lower mean and a 43 % higher median than the
+    fit from ipndm + karras. NaN and inf rank last."""
+    if not len(errors):
+        return math.inf
+    value = float(capped(errors.double(), float(floor_errors.double().median())).mean())
+    return value if math.isfinite(value) else math.inf
+
+
 def flip_excess(errors: torch.Tensor, threshold: float) -> float:
     """The mean over samples of how far each error goes past ``threshold`` (0 for the others)."""
     return float((errors.double() - threshold).clamp(min=0).mean()) if len(errors) else float("nan")
@@ -141,5 +164,5 @@ def score_pairs(model, teacher, indices, pairs, setup: SolverSetup, batch_size: 
     return scored
 
 
-__all__ = ["FLIP_FACTOR", "TAIL_SHARE", "builtin_pairs", "error_summary", "flip_excess", "mean_error", "no_worse_tail",
-           "overall_rmse", "per_sample_errors", "ratio_interval", "score_pairs", "tail_error"]
+__all__ = ["FLIP_FACTOR", "TAIL_SHARE", "builtin_pairs", "capped", "error_summary", "flip_excess", "mean_error", "no_worse_tail",
+           "overall_rmse", "per_sample_errors", "ratio_interval", "score_pairs", "tail_error", "typical_error"]

@@ -55,7 +55,8 @@ class FittedSteps:
     as when each NFE starts from its own best built-in pair. held_out: per-sample error summary
     on the validation seeds (``distill.scoring.error_summary``); floor: the best built-in pair
     it was measured against ({"base", "schedule", and its summary}); start: the pair the fit
-    started from ({"base", "schedule"}: the floor, or the teacher-trajectory grid). model_calls: what this
+    started from ({"base", "schedule"}: the floor, another pair or the teacher-trajectory grid;
+    "also_fitted": "<base> + <schedule>" where a second fit from there was not kept). model_calls: what this
     NFE's fit cost, in sample-calls by kind ({"inference", "gradient", "backward"}, see
     ``distill.cost``; the teacher's are the solver's provenance).
     """
@@ -256,8 +257,10 @@ class LearnedSolver:
                 lines.append(f"     no learned solver beat {pair} here, so this NFE is that pair as it is")
             start = fit.start or {}
             if start and (start.get("base"), start.get("schedule")) != (floor.get("base"), floor.get("schedule")):
-                lines.append(f"     started from {start.get('base')} + {start.get('schedule')} (the grid read off the "
-                             f"teacher's trajectories)")
+                where = " (the grid read off the teacher's trajectories)" if start.get("schedule") == "trajectory" else ""
+                lines.append(f"     started from {start.get('base')} + {start.get('schedule')}{where}")
+            if start.get("also_fitted"):
+                lines.append(f"     also fitted from {start['also_fitted']}; this one kept typical seeds closer")
             if fit.model_calls:
                 lines.append(f"     fit: {calls_text(fit.model_calls)}, {fit.fit_seconds:.0f} s")
         teacher = self.provenance.get("teacher") if isinstance(self.provenance.get("teacher"), dict) else {}

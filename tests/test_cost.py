@@ -103,3 +103,16 @@ def test_progress_reports_an_estimate_once_calls_are_timed():
     assert not any(math.isnan(value) for value in seconds[1:])
     text = cost.progress_text(*reports[-2])
     assert text.startswith("fitting") and text.endswith(" left")
+
+
+def test_a_second_start_is_fitted_too_and_counted_in_the_plan():
+    # on this small hard mixture the best pair by mean and the best by typical error differ at
+    # NFE 3 and 4: both are fitted, and the plan grows by the second fit when it is known
+    hard = GaussianMixtureDenoiser.close_modes(shape=SHAPE, seed=0)
+    solver = distill(hard, SHAPE, nfe=[3, 4], teacher_tolerance=0.5, **SMALL)
+    twice = [n for n, fit in solver.fits.items() if fit.start.get("also_fitted")]
+    assert twice
+    for n in twice:
+        assert solver.fits[n].model_calls["gradient"] == 2 * SMALL["iterations"] * SMALL["batch_size"] * n
+        assert f"also fitted from {solver.fits[n].start['also_fitted']}" in solver.summary()
+    assert solver.provenance["cost"]["planned"] == solver.provenance["cost"]["calls"]

@@ -3,7 +3,7 @@
 import torch
 
 from learned_solvers.distill import distill, refine_teacher, start_states
-from learned_solvers.distill.scoring import error_summary, no_worse_tail, ratio_interval, tail_error
+from learned_solvers.distill.scoring import error_summary, no_worse_tail, ratio_interval, tail_error, typical_error
 from learned_solvers.learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
 from learned_solvers.schedules import beta, builtin_schedules, karras, load_learned_solver, save_learned_solver
 
@@ -105,6 +105,16 @@ def test_a_longer_ordinary_tail_is_no_flip_and_a_new_flip_is():
     moved = 0.5 * floor
     moved[10:14] = 0.35
     assert no_worse_tail(moved, floor_flips) and not no_worse_tail(moved + (torch.arange(64) == 20) * 0.3, floor_flips)
+
+
+def test_the_typical_error_prefers_closer_typical_seeds_to_one_flip_less():
+    floor = torch.tensor([0.03] * 14 + [0.5, 0.5], dtype=torch.float64)
+    fewer_flips = torch.tensor([0.03] * 15 + [0.5], dtype=torch.float64)  # the typical seeds as the floor's
+    closer = torch.tensor([0.015] * 14 + [0.5, 0.5], dtype=torch.float64)  # half the typical error, the same flips
+    assert fewer_flips.mean() < closer.mean()  # the mean picks one flip less...
+    assert typical_error(closer, floor) < typical_error(fewer_flips, floor)  # ...this, half the typical error
+    assert typical_error(fewer_flips, floor) < typical_error(floor, floor)  # a flip less still counts
+    assert typical_error(torch.full_like(floor, float("nan")), floor) == float("inf")
 
 
 def test_beta_schedule_crowds_both_ends():
