@@ -99,7 +99,9 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     Per NFE: every base solver x schedule (only ``settings.base`` / ``init_sigmas`` where they are
     not "auto"; with "auto" also the grid read off the teacher's trajectories,
     ``trajectory.StepCosts``) is scored on the training samples against the teacher; the fit
-    starts from the best pair, and on the validation samples (by ``scoring.mean_error``) the
+    starts from the best pair (and a second fit from the pair closest on typical samples, where
+    that is another: ``_floor``; the one closer on typical validation samples is kept), and on
+    the validation samples (by ``scoring.mean_error``) the
     result is never worse than the best built-in pair (the floor): where neither the fit nor the
     trajectory pair beats it, the result *is* the floor (method "builtin", no corrections).
     Where coefficients are learned ("auto", "s4s"), the gradient steps start from closed-form
@@ -181,6 +183,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                                  f"steps) on every training or validation sample; check the model, or lower the CFG")
     total = state["teacher_total"] + iterations_total
     teacher_batches = state["teacher_total"]
+    steps_done = teacher_batches  # the progress count: teacher batches, then every fit's iterations
     offsets = {"offsets"} if s.decoupled else set()
     fits = {}
     for index, n in enumerate(nfes):
@@ -197,14 +200,14 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         floor_fit.method = "builtin"
         if method == "dode":  # a closed form from one grid: its start is the best by mean
             starts = starts[:1]
-        if len(starts) > 1:  # the second fit's calls join the plan now that they are known
+        if len(starts) > 1:  # the second fit's steps and calls join the progress and the plan now that they are known
+            total += s.iterations
             for kind, calls in fit_calls(nfe=n, validation=len(held), iterations=s.iterations,
                                          batch_size=s.batch_size, validate_every=s.validate_every,
                                          checkpoint=bool(s.use_checkpoint), corrections=kept).items():
                 time_left.plan(kind, calls)
-        first_step = teacher_batches + index * s.iterations
 
-        def fit_from(start):
+        def fit_from(start, first_step):
             """The method's fit from one start: (best FittedSteps, log)."""
             start_base, start_name, start_fit, start_errors, setup, start_train = start
             plain = FittedSteps(sigmas=start_fit.sigmas, coordinate=start_fit.coordinate)
@@ -247,7 +250,10 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
             return best, log
 
         with counter.phase("fit"):
-            fitted = [(start, *fit_from(start)) for start in starts]
+            fitted = []
+            for start in starts:
+                fitted.append((start, *fit_from(start, steps_done)))
+                steps_done += 0 if method == "dode" else s.iterations
         for start, best, log in fitted:
             if log.get("best_errors") is None:  # the gradient fits measured their best snapshot already
                 with counter.phase("selection"):

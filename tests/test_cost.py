@@ -109,9 +109,15 @@ def test_a_second_start_is_fitted_too_and_counted_in_the_plan():
     # on this small hard mixture the best pair by mean and the best by typical error differ at
     # NFE 3 and 4: both are fitted, and the plan grows by the second fit when it is known
     hard = GaussianMixtureDenoiser.close_modes(shape=SHAPE, seed=0)
-    solver = distill(hard, SHAPE, nfe=[3, 4], teacher_tolerance=0.5, **SMALL)
+    reports = []
+    solver = distill(hard, SHAPE, nfe=[3, 4], teacher_tolerance=0.5, progress=lambda *args: reports.append(args),
+                     **SMALL)
     twice = [n for n, fit in solver.fits.items() if fit.start.get("also_fitted")]
     assert twice
+    # the progress counts the second fit's iterations too: it never runs back, and ends at its total
+    fit_steps = [(step, total) for step, total, loss, *_ in reports if not math.isnan(loss)]
+    assert [step for step, _ in fit_steps] == sorted(step for step, _ in fit_steps)
+    assert fit_steps[-1][0] == fit_steps[-1][1] and len(fit_steps) == SMALL["iterations"] * (2 + len(twice))
     for n in twice:
         assert solver.fits[n].model_calls["gradient"] == 2 * SMALL["iterations"] * SMALL["batch_size"] * n
         assert f"also fitted from {solver.fits[n].start['also_fitted']}" in solver.summary()
