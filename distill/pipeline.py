@@ -322,7 +322,7 @@ def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_si
     finalist of all by that mean and, where another one, the best by ``scoring.typical_error``
     (the same samples, capped at the floor's median). The mean favours the pair with the fewest
     flips, the typical error the one closest on most samples; which of the two a fit does better
-    from is not known before it runs (on the hard mixture at NFE 5-8 the second, on the
+    from is not known before it runs (on the hard mixture at NFE 5-9 the second, on the
     power-law mixture at NFE 6 the first, by 2x). Each is (base, schedule name, its FittedSteps,
     its validation errors, its SolverSetup, its training errors)."""
     first, second = FLOOR_PROBES

@@ -65,8 +65,8 @@ def mean_error(errors: torch.Tensor) -> float:
 
 def capped(distances: torch.Tensor, cap: float | None) -> torch.Tensor:
     """Each distance d counted as cap * log(1 + d / cap): d where d << cap, growing only
-    logarithmically past it (the "capped" loss, and what the fit's start is chosen by); d itself
-    without a positive cap."""
+    logarithmically past it (the "capped" loss, and ``typical_error``); d itself without a
+    positive cap."""
     if cap is None or not cap > 0:
         return distances
     return cap * torch.log1p(distances / cap)

@@ -260,7 +260,8 @@ class LearnedSolver:
                 where = " (the grid read off the teacher's trajectories)" if start.get("schedule") == "trajectory" else ""
                 lines.append(f"     started from {start.get('base')} + {start.get('schedule')}{where}")
             if start.get("also_fitted"):
-                lines.append(f"     also fitted from {start['also_fitted']}; this one kept typical seeds closer")
+                lines.append(f"     also fitted from {start['also_fitted']}; the fit from {start.get('base')} + "
+                             f"{start.get('schedule')} kept typical seeds closer")
             if fit.model_calls:
                 lines.append(f"     fit: {calls_text(fit.model_calls)}, {fit.fit_seconds:.0f} s")
         teacher = self.provenance.get("teacher") if isinstance(self.provenance.get("teacher"), dict) else {}
