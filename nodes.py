@@ -140,8 +140,9 @@ if io is not None:
                                            "than that pair (where no fit beats it, it is that pair)."),
                     io.Int.Input("teacher_steps", default=DEFAULTS.teacher_steps, min=8, max=200,
                                  tooltip="Steps of the reference (teacher) run. It is checked against half as "
-                                         "many steps, and samples whose error this estimates is above 1 % are run "
-                                         "again at twice the steps; the residual is in the node's text."),
+                                         "many steps, and samples whose error this estimates is above a tenth of "
+                                         "what the best built-in sampler gets at your NFE are run again at twice "
+                                         "the steps; the estimate is in the node's text."),
                     io.Int.Input("samples", default=DEFAULTS.samples, min=2, max=512,
                                  tooltip=f"Noise seeds the fit learns from (another {DEFAULTS.validation} are "
                                          f"held out to check it)."),

@@ -74,16 +74,20 @@ class CallCounter:
 
     @contextlib.contextmanager
     def phase(self, name: str):
+        """Within: calls and seconds count to phase ``name``; inside another phase, that one
+        pauses (its calls and seconds stop) and resumes after."""
         if name not in PHASES:
             raise ValueError(f"unknown phase {name!r}; the phases are {', '.join(PHASES)}")
-        if self.current is not None:
-            raise RuntimeError(f"phase {name!r} started inside phase {self.current!r}")
-        self.current, self._began = name, time.perf_counter()
+        outer, now = self.current, time.perf_counter()
+        if outer is not None:
+            self.seconds[outer] += now - self._began
+        self.current, self._began = name, now
         try:
             yield self
         finally:
-            self.seconds[name] += time.perf_counter() - self._began
-            self.current = None
+            now = time.perf_counter()
+            self.seconds[name] += now - self._began
+            self.current, self._began = outer, now
 
     @contextlib.contextmanager
     def using(self, model):

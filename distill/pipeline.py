@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -44,6 +45,25 @@ FLOOR_FINALISTS = 3
 CORRECTION_SAMPLES = 16
 # the schedule name of the grid read off the teacher's trajectories (``trajectory.StepCosts``)
 TRAJECTORY = "trajectory"
+# teacher_tolerance "auto": the teacher's estimated error may be this share of the median error
+# of the best built-in pair at the largest NFE fitted (on the floor's first probe seeds, against
+# the teacher's first results), within TEACHER_TOLERANCE_RANGE (relative to the results' RMS).
+# A fitted solver lands 0.1-0.7x that pair's error, so the teacher's estimate stays below the
+# best a fit reaches, and its true error is several times lower still (the estimate is checked
+# with DPM++ 2M at half the steps: ``teacher.CHECK_BASE``); a seed in another mode (tens of
+# percent) is refined at any NFE. Below the range's low end the check cannot tell a seed from
+# its own error (DPM++ 2M at 16 steps is 1-3 % off on the benchmark mixtures).
+TEACHER_SHARE = 0.1
+TEACHER_TOLERANCE_RANGE = (0.005, 0.02)
+
+
+@dataclass
+class FirstResults:
+    """The teacher's results before refinement: start [M, ...] and final [M, ...], what
+    ``scoring.per_sample_errors`` reads of a teacher."""
+
+    start: torch.Tensor
+    final: torch.Tensor
 
 
 def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: str, sigma_table=None,
@@ -166,18 +186,38 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         report(done, total + iterations_total, float("nan"), float("nan"))
 
     teacher_call = None if teacher_model is None else autocast_model(teacher_model, s.dtype)
-    with counter.phase("teacher"), counter.using(teacher_call):
-        teacher = refine_teacher(call, start, s.teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                                 base=s.teacher_base, convention=convention, extra_args=extra_args,
-                                 batch_size=s.inference_batch_size, tolerance=s.teacher_tolerance,
-                                 progress=teacher_progress, cancel=cancel,
-                                 plan=lambda calls: time_left.plan("inference", calls), trace=step_costs)
+    shared = SolverSetup(base=bases[0], convention=convention, corrector=bases[0].startswith("unipc"),
+                         sigma_range=sigma_range, extra_args=extra_args, device=device)
+    probes = torch.arange(min(FLOOR_PROBES[0], s.samples))
+    early = {}  # the largest NFE's first floor round, scored against the teacher's first results
+    tolerance = s.teacher_tolerance
+    student_call = counter.model
+    if tolerance == "auto":
+        def tolerance(final):
+            first = FirstResults(start=start, final=final)
+            mark = counter.report()["calls"]
+            with counter.phase("floor"), counter.using(student_call if teacher_call is not None else None):
+                early["first_round"] = score_pairs(call, first, probes, pairs_by_nfe[nfes[-1]], shared,
+                                                   s.inference_batch_size)
+            early["calls"] = counter.since(mark)  # the largest NFE's fit's calls
+            return teacher_tolerance(early["first_round"], final)
+    with counter.phase("teacher"):
+        with counter.using(teacher_call):
+            teacher = refine_teacher(call, start, s.teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
+                                     base=s.teacher_base, convention=convention, extra_args=extra_args,
+                                     batch_size=s.inference_batch_size, tolerance=tolerance,
+                                     progress=teacher_progress, cancel=cancel,
+                                     plan=lambda calls: time_left.plan("inference", calls), trace=step_costs)
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
                                  "(and its dtype), or lower the CFG scale")
     # samples the teacher could not settle even at its finest level are left out of the fit
     order = torch.arange(count)
     train, held = order[:s.samples][teacher.settled[:s.samples]], order[s.samples:][teacher.settled[s.samples:]]
+    # the first floor round stands where its probe seeds are still the first training seeds, unrefined
+    unchanged = bool((teacher.sample_steps[probes] == teacher.sample_steps.min()).all()) and torch.equal(train[:len(probes)],
+                                                                                              probes)
+    first_round = early.get("first_round") if unchanged else None
     if len(train) == 0 or len(held) == 0:
         raise FloatingPointError(f"the teacher did not settle (its results still moved at {teacher.report()['max_steps']} "
                                  f"steps) on every training or validation sample; check the model, or lower the CFG")
@@ -189,13 +229,12 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     for index, n in enumerate(nfes):
         fit_began = time.perf_counter()
         calls_before = counter.report()["calls"]
-        shared = SolverSetup(base=bases[0], convention=convention, corrector=bases[0].startswith("unipc"),
-                             sigma_range=sigma_range, extra_args=extra_args, device=device)
         pairs = pairs_by_nfe[n]
         own = (builtin_pairs({TRAJECTORY: step_costs.grid}, n, bases, sigma_min, sigma_max, convention)
                if own_grids else [])
         with counter.phase("floor"):
-            floor, starts = _floor(call, teacher, train, held, pairs, own, shared, s.inference_batch_size)
+            floor, starts = _floor(call, teacher, train, held, pairs, own, shared, s.inference_batch_size,
+                                   first_round if n == nfes[-1] else None)
         floor_base, floor_name, floor_fit, floor_errors, floor_setup, floor_train = floor
         floor_fit.method = "builtin"
         if method == "dode":  # a closed form from one grid: its start is the best by mean
@@ -291,6 +330,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         chosen.validation = log["validation"]
         chosen.rejected_steps = log["rejected"]
         chosen.model_calls = counter.since(calls_before)
+        if n == nfes[-1] and "calls" in early:
+            chosen.model_calls = {kind: calls + early["calls"][kind] for kind, calls in chosen.model_calls.items()}
         fits[n] = chosen
     provenance = {
         "teacher": teacher.report(),
@@ -311,7 +352,20 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                          sigma_range=sigma_range, fits=fits, provenance=provenance)
 
 
-def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_size: int) -> tuple:
+def teacher_tolerance(first_round, final: torch.Tensor) -> float:
+    """The teacher's tolerance (relative to the RMS of ``final``, its first results [M, ...]):
+    ``TEACHER_SHARE`` of the smallest median error among the pairs of ``first_round``
+    (``scoring.score_pairs``' list), within ``TEACHER_TOLERANCE_RANGE``."""
+    scale = float(final.double().pow(2).mean().sqrt()) or 1.0
+    medians = [float(errors.median()) for *_, errors in first_round if len(errors)]
+    medians = [m for m in medians if math.isfinite(m)]
+    low, high = TEACHER_TOLERANCE_RANGE
+    if not medians:
+        return high
+    return min(high, max(low, TEACHER_SHARE * min(medians) / scale))
+
+
+def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_size: int, first_round=None) -> tuple:
     """(the floor, the starts): the best built-in pair and the one or two pairs fits start from.
 
     Every pair, the built-in ones (``pairs``) and the teacher-trajectory ones (``own``), is
@@ -324,16 +378,18 @@ def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_si
     flips, the typical error the one closest on most samples; which of the two a fit does better
     from is not known before it runs (on the hard mixture at NFE 5-9 the second, on the
     power-law mixture at NFE 6 the first, by 2x). Each is (base, schedule name, its FittedSteps,
-    its validation errors, its SolverSetup, its training errors)."""
+    its validation errors, its SolverSetup, its training errors). first_round: the built-in
+    pairs already scored on the first probe samples (``score_pairs``' list), where the teacher's
+    tolerance was measured on them."""
     first, second = FLOOR_PROBES
     probe, more = train[:first], train[first:first + second]
 
     def setup_of(pair_base, pair_fit):
         return dataclasses.replace(shared, base=pair_base, corrector=bool(pair_fit.corrector))
 
-    def rounds(candidates, shortlist, finalists):
+    def rounds(candidates, shortlist, finalists, scored=None):
         """The best ``finalists`` of ``candidates``: [(score, base, name, fit, training errors)]."""
-        ranked = score_pairs(call, teacher, probe, candidates, shared, batch_size)[:shortlist]
+        ranked = (scored or score_pairs(call, teacher, probe, candidates, shared, batch_size))[:shortlist]
         if len(more):
             longer = []
             for _, pair_base, pair_name, pair_fit, errors in ranked:
@@ -343,7 +399,7 @@ def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_si
             ranked = sorted(longer, key=lambda item: item[0])
         return ranked[:finalists]
 
-    ranked = rounds(pairs, FLOOR_SHORTLIST, FLOOR_FINALISTS)
+    ranked = rounds(pairs, FLOOR_SHORTLIST, FLOOR_FINALISTS, first_round)
     ranked_own = rounds(own, 2, 1) if own else []
     finalists = []
     for _, pair_base, pair_name, pair_fit, train_errors in ranked + ranked_own:

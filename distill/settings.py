@@ -30,7 +30,8 @@ class FitSettings:
     method: one of METHODS. base: the base solver the corrections sit on ("auto": the best of
     BASE_SOLVERS on the training samples, per NFE); teacher_base, teacher_steps: the teacher's
     solver and step count (checked against half as many, refined where the error this gives,
-    ``teacher.refine_teacher``, is above teacher_tolerance, relative). init_sigmas: the
+    ``teacher.refine_teacher``, is above teacher_tolerance, relative; "auto": a share of the
+    error the best built-in pair makes at the largest NFE, ``pipeline.teacher_tolerance``). init_sigmas: the
     starting grid ("auto": the best built-in schedule, per NFE; "karras", "exponential",
     "time-uniform", "ays", "beta", "uniform", a dict nfe -> sigmas or a callable). samples,
     validation: training and validation start noises. seed: seeds the noises and the fit.
@@ -50,9 +51,9 @@ class FitSettings:
 
     method: str = "auto"
     base: str = "auto"
-    teacher_base: str = "dpmpp_3m"
+    teacher_base: str = "unipc_bh2"
     teacher_steps: int = 32
-    teacher_tolerance: float = 0.01
+    teacher_tolerance: Any = "auto"
     init_sigmas: Any = "auto"
     samples: int = 64
     validation: int = 64
@@ -83,8 +84,10 @@ class FitSettings:
         if (self.base != "auto" and self.base not in BASE_SOLVERS) or self.teacher_base not in BASE_SOLVERS:
             raise ValueError(f"base must be 'auto' or one of {', '.join(BASE_SOLVERS)}, and teacher_base one of "
                              f"{', '.join(BASE_SOLVERS)}")
-        if self.teacher_steps < 4 or not 0 < self.teacher_tolerance < 1:
-            raise ValueError("teacher_steps must be at least 4 and teacher_tolerance between 0 and 1")
+        tolerance_ok = self.teacher_tolerance == "auto" or (
+            isinstance(self.teacher_tolerance, (int, float)) and 0 < self.teacher_tolerance < 1)
+        if self.teacher_steps < 4 or not tolerance_ok:
+            raise ValueError("teacher_steps must be at least 4 and teacher_tolerance 'auto' or between 0 and 1")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:

@@ -1,8 +1,14 @@
 """Teacher recording: one accurate run over a batch of noises, kept at the sigmas the fit needs.
 
 The teacher grid contains every grid point the students will be compared at (the union of
-their base grids), with extra points spread uniformly in half-log-SNR in between, so one run
-serves several NFEs and gives D-ODE its per-step targets exactly.
+their base grids), with extra points spread in between as a Karras grid spreads them (uniform in
+sigma^(1/7), denser toward the end), so one run serves several NFEs and gives D-ODE its
+per-step targets exactly. Under classifier-free guidance that spacing is what keeps a 32-step
+teacher accurate: on the guided benchmark mixture at CFG 7 (``benchmarks/distill_benchmark.py``
+``--model guided``), 32 steps of UniPC (bh2) land 0.0002-0.001 (median per-sample RMSE, three
+prompts) from a 256-step float64 run on this grid and 0.001-0.010 (with seeds in another mode)
+uniform in half-log-SNR; DPM++ 3M 0.002-0.005 and 0.004-0.023; without guidance UniPC 0.0002
+and 0.0003.
 """
 
 from __future__ import annotations
@@ -53,17 +59,25 @@ def _same(a: float, b: float) -> bool:
 
 
 SPACING_LIMIT = 8.0  # |lambda| beyond which extra teacher points are not spread (t = 0.9997)
+# extra points are uniform in sigma^(1 / TEACHER_RHO) (VE sigma, exp(-lambda)): Karras' spacing
+TEACHER_RHO = 7.0
+SPACINGS = ("karras", "log-snr")
 
 
-def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | None = None) -> torch.Tensor:
+def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | None = None,
+                 spacing: str = "karras") -> torch.Tensor:
     """A grid of about ``steps`` model calls that contains every point of ``student_grids``.
 
     All student grids must share their first sigma and, if any ends at 0, end at 0. Extra points
-    go into each interval in proportion to its half-log-SNR length (at least one per interval).
+    go into each interval in proportion to its length in the spacing's coordinate (at least one
+    per interval), uniformly in it: "karras", VE sigma^(1/7) (``TEACHER_RHO``), or "log-snr",
+    half-log-SNR.
     ``sigma_min`` (the model's smallest sigma) extends the grid down to it before the final
     denoise, so the teacher's result is accurate even when a student grid stops early (AYS and
     "simple" grids jump to 0 from well above sigma_min).
     """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown teacher grid spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     grids = [torch.as_tensor(g, dtype=torch.float64) for g in student_grids]
     if not grids:
         raise ValueError("teacher_grid needs at least one student grid")
@@ -86,14 +100,17 @@ def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | 
         # flow t = 1 has lambda = -inf (clamped far out): spacing there would pile every point
         # against t = 1, so points are placed within +-SPACING_LIMIT (student points stay exact)
         lam = half_log_snr(positive, convention).clamp(-SPACING_LIMIT, SPACING_LIMIT)
-        lengths = lam[1:] - lam[:-1]
+        # the spacing's coordinate, increasing along the grid
+        coord = lam if spacing == "log-snr" else -torch.exp(-lam / TEACHER_RHO)
+        lengths = coord[1:] - coord[:-1]
         share = lengths / lengths.sum() * max(budget, intervals)
         counts = share.round().clamp(min=1).long()
         pieces = []
         for i in range(intervals):
             fractions = torch.arange(int(counts[i]), dtype=torch.float64) / int(counts[i])
-            pieces.append(lam[i] + fractions * lengths[i])
-        lam_grid = torch.cat(pieces + [lam[-1:]])
+            pieces.append(coord[i] + fractions * lengths[i])
+        coord_grid = torch.cat(pieces + [coord[-1:]])
+        lam_grid = coord_grid if spacing == "log-snr" else -TEACHER_RHO * torch.log(-coord_grid)
         grid = sigma_from_half_log_snr(lam_grid, convention)
         # keep the student points bit-exact (the round trip through lambda moves them slightly)
         for value in merged:
@@ -180,14 +197,25 @@ def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "
 
 
 # A sample is settled when the error of its result, estimated from the last two refinement
-# levels, is below this, relative to the RMS of all results; flips into another mode move a
-# result by tens of percent, ordinary discretisation error by a fraction of one.
+# levels, is below the tolerance, relative to the RMS of all results; flips into another mode
+# move a result by tens of percent, ordinary discretisation error by a fraction of one.
+# ``distill`` sets the tolerance from the error the fitted NFE can reach (``pipeline``); this
+# is the default of a teacher run on its own.
 TEACHER_TOLERANCE = 0.01
 # For a solver of order p the finer of two levels (n and 2n steps) is about 2^p - 1 times closer
 # to the exact result than the two are to each other; p = 2 (3x) for every teacher base but
-# Euler, a floor below the nominal orders because stiff stretches lower them.
+# Euler, a floor below the nominal orders because stiff stretches lower them. Where the check
+# level runs ``CHECK_BASE`` under a higher-order teacher, the teacher's level is at least as
+# accurate as the check solver's own at its steps would be, so the 3x still bounds it (loosely:
+# UniPC bh2 at 32 Karras steps was 7-55x closer than DPM++ 2M at 16 on the benchmark mixtures).
 ERROR_ESTIMATE = {"euler": 1.0}
 DEFAULT_ERROR_ESTIMATE = 3.0
+# the check level's solver: DPM++ 2M stays stable at half the steps under guidance, where the
+# higher orders diverge (CFG 7 on the guided benchmark mixture, 16 Karras steps: 2M 0.011-0.025
+# median per-sample RMSE, UniPC (bh2) 0.009-0.27 with seeds 20x off, DPM++ 3M 0.019-0.071), so
+# the higher orders checked against themselves refined nearly every seed of a fine level that
+# was already accurate
+CHECK_BASE = "dpmpp_2m"
 # the most steps a refinement level may take (only unsettled samples get that far)
 MAX_TEACHER_STEPS = 512
 
@@ -201,13 +229,23 @@ class RefinedTeacher(TeacherRecord):
     residuals [M]: per-sample RMSE between each sample's last two levels (an upper bound on the
     error of the result kept, which is the finer one); sample_steps [M]: the steps of the result
     kept; settled [M] bool: the kept result's estimated error (the residual over
-    ``ERROR_ESTIMATE``'s factor for the base) is within the tolerance.
+    ``ERROR_ESTIMATE``'s factor for the check solver, ``factor``) is within ``tolerance`` (relative
+    to ``scale``, the RMS of all results).
     """
 
     residuals: torch.Tensor = None
     sample_steps: torch.Tensor = None
     settled: torch.Tensor = None
     calls: int = 0
+    tolerance: float = TEACHER_TOLERANCE
+    scale: float = 1.0
+    factor: float = DEFAULT_ERROR_ESTIMATE
+    check_base: str = CHECK_BASE
+
+    @property
+    def estimated_errors(self) -> torch.Tensor:
+        """[M] each result's estimated error, relative to ``scale`` (residual / factor / scale)."""
+        return self.residuals / self.factor / self.scale
 
     @property
     def residual(self) -> float:
@@ -217,20 +255,28 @@ class RefinedTeacher(TeacherRecord):
 
     def report(self) -> dict:
         """What the provenance and the node's text say about the teacher."""
-        return {"base": self.base, "steps": int(self.sample_steps.min()), "max_steps": int(self.sample_steps.max()),
-                "residual": round(self.residual, 6), "refined": int((self.sample_steps > self.sample_steps.min()).sum()),
+        estimated = self.estimated_errors[self.settled]
+        return {"base": self.base, "check_base": self.check_base, "steps": int(self.sample_steps.min()),
+                "max_steps": int(self.sample_steps.max()), "residual": round(self.residual, 6),
+                "tolerance": round(self.tolerance, 6),
+                "estimated_error": round(float(estimated.max()), 6) if len(estimated) else float("nan"),
+                "refined": int((self.sample_steps > self.sample_steps.min()).sum()),
                 "excluded": int((~self.settled).sum()), "calls": int(self.calls), "seconds": round(self.seconds, 3)}
 
 
 def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, sigma_max: float,
-                   base: str = "dpmpp_3m", convention: str = "auto", extra_args=None, batch_size: int | None = None,
-                   tolerance: float = TEACHER_TOLERANCE, max_steps: int = MAX_TEACHER_STEPS, progress=None,
-                   cancel=None, plan=None, trace=None) -> RefinedTeacher:
+                   base: str = "unipc_bh2", convention: str = "auto", extra_args=None, batch_size: int | None = None,
+                   tolerance=TEACHER_TOLERANCE, max_steps: int = MAX_TEACHER_STEPS, progress=None,
+                   cancel=None, plan=None, trace=None, check_base: str = CHECK_BASE) -> RefinedTeacher:
     """An accurate teacher for ``start`` [M, ...] (states at ``sigma_max``): see ``RefinedTeacher``.
 
-    steps: the teacher's own step count (at least 4); the check level runs ``steps // 2``. Every
-    level's grid is ``teacher_grid`` from sigma_max down to ``sigma_min`` and a final 0, spread
-    uniformly in half-log-SNR. progress(done_batches, total_batches) after every batch (the total
+    steps: the teacher's own step count (at least 4); the check level runs ``steps // 2`` with
+    ``check_base`` (the teacher's ``base`` where that is Euler or DPM++ 2M: a check needs an
+    order no higher than the level it checks), the refinement levels ``base``. Every level's
+    grid is ``teacher_grid`` from sigma_max down to ``sigma_min`` and a final 0 (Karras'
+    spacing). tolerance: the estimated error (relative to the results' RMS) above which a
+    sample is refined, or a function ``tolerance(final) -> float`` told the first fine results
+    [M, ...] (``distill`` measures there what the student can reach). progress(done_batches, total_batches) after every batch (the total
     grows when samples are refined); cancel() before every batch, as in ``record_teacher``;
     plan(sample_calls) with the model calls still to come: both first levels at the start, each
     refinement level when it is decided. trace: a ``trajectory.StepCosts`` fed by the level of
@@ -246,7 +292,11 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     batches = lambda n: -(-n // batch_size)  # noqa: E731
     done = {"batches": 0, "total": 2 * batches(count), "calls": 0}
 
-    def level(indices, level_steps, trace=None):
+    if base in ("euler", "dpmpp_2m"):
+        check_base = base
+    factor = ERROR_ESTIMATE.get(check_base, DEFAULT_ERROR_ESTIMATE)
+
+    def level(indices, level_steps, trace=None, level_base=base):
         grid = teacher_grid(ends, level_steps, convention, sigma_min)
         before = done["batches"]
 
@@ -255,7 +305,7 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
             if progress is not None:
                 progress(done["batches"], done["total"])
 
-        record = record_teacher(model, start[indices], grid, (), base=base, convention=convention,
+        record = record_teacher(model, start[indices], grid, (), base=level_base, convention=convention,
                                 extra_args=extra_args, batch_size=batch_size, progress=counted, cancel=cancel,
                                 trace=trace)
         done["calls"] += len(indices) * (len(grid) - 1)
@@ -265,14 +315,16 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     calls = lambda samples, n: samples * (len(teacher_grid(ends, n, convention, sigma_min)) - 1)  # noqa: E731
     if plan is not None:
         plan(calls(count, max(2, steps // 2)) + calls(count, steps))
-    coarse, _ = level(everyone, max(2, steps // 2))
+    coarse, _ = level(everyone, max(2, steps // 2), level_base=check_base)
     final, used = level(everyone, steps, trace)
     sample_steps = torch.full((count,), used, dtype=torch.long)
     scale = float(final.double().pow(2).mean().sqrt()) or 1.0
     residuals = (final.double() - coarse.double()).flatten(1).pow(2).mean(1).sqrt()
     level_steps = steps
+    if callable(tolerance):
+        tolerance = float(tolerance(final))
     # the kept level's error is about residual / factor; a sample is refined when that exceeds the tolerance
-    limit = tolerance * scale * ERROR_ESTIMATE.get(base, DEFAULT_ERROR_ESTIMATE)
+    limit = tolerance * scale * factor
     unsettled = everyone[residuals > limit]
     while len(unsettled) and 2 * level_steps <= max_steps:
         level_steps *= 2
@@ -291,4 +343,5 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
                           kept_sigmas=torch.zeros(0, dtype=torch.float64),
                           states=torch.zeros((0,) + tuple(start.shape)), base=base, convention=convention,
                           seconds=time.perf_counter() - began, settings={"base": base, "steps": steps},
-                          residuals=residuals, sample_steps=sample_steps, settled=settled, calls=done["calls"])
+                          residuals=residuals, sample_steps=sample_steps, settled=settled, calls=done["calls"],
+                          tolerance=tolerance, scale=scale, factor=factor, check_base=check_base)

@@ -18,7 +18,7 @@ from .conventions import (
     signal_scale,
     start_noise_scale,
 )
-from .gaussian_mixture import GaussianMixtureDenoiser, single_gaussian_ode_solution
+from .gaussian_mixture import GaussianMixtureDenoiser, GuidedDenoiser, single_gaussian_ode_solution
 from .solver import (
     LEARNED_OPTIONS,
     SAMPLERS,
@@ -43,6 +43,7 @@ __all__ = [
     "PREDICTIONS",
     "SAMPLERS",
     "GaussianMixtureDenoiser",
+    "GuidedDenoiser",
     "PredictionDenoiser",
     "StepTables",
     "append_zero",

@@ -9,6 +9,11 @@ convention) the posterior mean is closed-form:
 so the probability-flow ODE has a computable ground truth; for one component it is solved in
 closed form by :func:`single_gaussian_ode_solution`.
 
+A class-conditional mixture (``owners``: which prompt owns each component) also gives the
+posterior mean given a prompt (the mixture of that prompt's components), and so classifier-free
+guidance as ComfyUI computes it, ``uncond + cfg * (cond - uncond)`` on the denoised values:
+``GuidedDenoiser`` is that guided model for one prompt and scale.
+
 The mixture may live in the orthonormal 2-D DCT basis of the last two axes (``basis="dct"``):
 white noise stays white there, so the posterior is still diagonal, and a power-law variance over
 spatial frequency gives samples with an image-like 1/f spectrum and uniform per-pixel variance.
@@ -27,12 +32,13 @@ class GaussianMixtureDenoiser:
     means, variances: [K, d]; weights: [K] (normalised here); shape: the sample shape whose
     product is d (e.g. (4, 32, 32) for an SD-sized latent). ``x`` is [B, *shape] and ``sigma``
     is [B] (or a scalar) in VE units; extra keyword arguments are ignored, so it accepts
-    ComfyUI-style ``extra_args``.
+    ComfyUI-style ``extra_args``. owners: [K] the prompt (0, 1, ...) each component belongs to,
+    for ``denoise_pair`` and ``guided`` (None: an unconditional mixture).
     """
 
     sigma_convention = "ve"
 
-    def __init__(self, means, variances, weights=None, shape=None, basis=None):
+    def __init__(self, means, variances, weights=None, shape=None, basis=None, owners=None):
         means = torch.as_tensor(means)
         variances = torch.as_tensor(variances, dtype=means.dtype, device=means.device)
         if means.ndim != 2 or variances.shape != means.shape:
@@ -55,6 +61,16 @@ class GaussianMixtureDenoiser:
         self.means = means
         self.variances = variances
         self.log_weights = torch.log(weights / weights.sum())
+        if owners is not None:
+            owners = torch.as_tensor(owners, dtype=torch.long).cpu()
+            if owners.shape != means.shape[:1] or int(owners.min()) < 0:
+                raise ValueError("owners must be [K] prompt indices (0, 1, ...), one per component")
+        self.owners = owners
+
+    @property
+    def prompts(self) -> int:
+        """How many prompts own components (0 for an unconditional mixture)."""
+        return 0 if self.owners is None else int(self.owners.max()) + 1
 
     def _to_basis(self, x, inverse=False):
         """Pixels -> DCT coefficients over the last two axes (or back); identity without a basis."""
@@ -96,7 +112,7 @@ class GaussianMixtureDenoiser:
     @classmethod
     def close_modes(cls, shape=(4, 32, 32), pairs: int = 8, separation: float = 0.2, widths=(0.01, 2.0),
                     exponent: float = 2.0, class_share: float = 0.5, seed: int = 0, dtype=torch.float32,
-                    device="cpu"):
+                    device="cpu", prompts: bool = False):
         """A hard image-like mixture: ``pairs`` pairs of components, each pair close together.
 
         Like ``power_law`` (DCT basis, 1/f spectrum, components differing in coarse structure),
@@ -105,7 +121,8 @@ class GaussianMixtureDenoiser:
         boundary that few-step solvers, and a coarse teacher, cross on some seeds. Each
         component's within-variance is scaled by a factor drawn log-uniformly from ``widths``,
         so neighbouring components also differ in width (and trajectories near them in
-        stiffness).
+        stiffness). prompts: each pair is one prompt's (``owners``), so guidance toward a
+        prompt leaves its own close boundary to cross.
         """
         if len(shape) < 2:
             raise ValueError("close_modes needs a shape with two spatial axes, e.g. (4, 32, 32)")
@@ -125,8 +142,9 @@ class GaussianMixtureDenoiser:
         scale = torch.exp(low + (high - low) * torch.rand(2 * pairs, 1, generator=gen, dtype=torch.float64))
         variances = spectrum * (1.0 - between) * scale
         weights = 0.5 + torch.rand(2 * pairs, generator=gen, dtype=torch.float64)
+        owners = torch.arange(pairs).repeat_interleave(2) if prompts else None
         return cls(means.to(device, dtype), variances.to(device, dtype), weights.to(device, dtype), shape,
-                   basis="dct")
+                   basis="dct", owners=owners)
 
     def to(self, device=None, dtype=None):
         """A copy on another device and/or dtype."""
@@ -136,9 +154,15 @@ class GaussianMixtureDenoiser:
         moved.means = self.means.to(device=device, dtype=dtype)
         moved.variances = self.variances.to(device=device, dtype=dtype)
         moved.log_weights = self.log_weights.to(device=device, dtype=dtype)
+        moved.owners = self.owners
         return moved
 
     def __call__(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
+        return self.denoise_pair(x, sigma)[1]
+
+    def denoise_pair(self, x: torch.Tensor, sigma, prompt=None) -> tuple:
+        """(cond, uncond): the posterior means [B, *shape] given ``prompt`` (an int or [B]
+        indices; None: cond is None) and without one, from one evaluation of every component."""
         batch = x.shape[0]
         flat = self._to_basis(x.reshape(batch, *self.shape)).reshape(batch, 1, -1)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
@@ -148,10 +172,27 @@ class GaussianMixtureDenoiser:
         total = variances.unsqueeze(0) + noise_var  # [B, K, d]
         diff = flat - means.unsqueeze(0)
         log_p = self.log_weights.to(x.dtype) - 0.5 * (diff * diff / total + torch.log(total)).sum(-1)
-        resp = torch.softmax(log_p, dim=1).unsqueeze(-1)  # [B, K, 1]
         posterior = means.unsqueeze(0) + variances.unsqueeze(0) / total * diff
-        denoised = (resp * posterior).sum(1).reshape(batch, *self.shape)
-        return self._to_basis(denoised, inverse=True).reshape(x.shape)
+
+        def mean_under(log_weights):
+            resp = torch.softmax(log_weights, dim=1).unsqueeze(-1)  # [B, K, 1]
+            denoised = (resp * posterior).sum(1).reshape(batch, *self.shape)
+            return self._to_basis(denoised, inverse=True).reshape(x.shape)
+
+        uncond = mean_under(log_p)
+        if prompt is None:
+            return None, uncond
+        if self.owners is None:
+            raise ValueError("this mixture has no prompts; build it with owners (e.g. close_modes(prompts=True))")
+        prompt = torch.as_tensor(prompt, dtype=torch.long).reshape(-1).expand(batch).cpu()
+        if int(prompt.max()) >= self.prompts or int(prompt.min()) < 0:
+            raise ValueError(f"prompt {prompt.tolist()} is not one of this mixture's {self.prompts} prompts")
+        owned = (self.owners[None, :] == prompt[:, None]).to(x.device)  # [B, K]
+        return mean_under(log_p.masked_fill(~owned, -math.inf)), uncond
+
+    def guided(self, prompt, cfg: float = 1.0) -> GuidedDenoiser:
+        """The model ComfyUI's CFG makes of this one for ``prompt`` at scale ``cfg``."""
+        return GuidedDenoiser(self, prompt, float(cfg))
 
     def sample(self, count: int, generator=None) -> torch.Tensor:
         """``count`` exact data samples x0 [count, *shape]."""
@@ -161,6 +202,34 @@ class GaussianMixtureDenoiser:
         x0 = self.means.cpu().double()[which] + self.variances.cpu().double()[which].sqrt() * noise
         x0 = self._to_basis(x0.reshape(count, *self.shape), inverse=True)
         return x0.to(self.means.device, self.means.dtype)
+
+
+class GuidedDenoiser:
+    """Classifier-free guidance over a class-conditional ``GaussianMixtureDenoiser``, computed as
+    ComfyUI's ``cfg_function`` does: ``uncond + cfg * (cond - uncond)`` on the denoised values
+    (at cfg 1 the cond alone, as ComfyUI skips the uncond there). A k-diffusion denoiser
+    ``model(x [B, *shape], sigma [B] in VE units)``; extra keyword arguments are ignored. One
+    call is one sample-call however many of the mixture's components it weighs (a CFG pair counts
+    as one, as in ``distill.cost``).
+    """
+
+    sigma_convention = "ve"
+
+    def __init__(self, mixture: GaussianMixtureDenoiser, prompt, cfg: float):
+        if mixture.owners is None:
+            raise ValueError("guidance needs a mixture with prompts (owners); e.g. close_modes(prompts=True)")
+        if not 0 <= int(prompt) < mixture.prompts:
+            raise ValueError(f"prompt {prompt} is not one of this mixture's {mixture.prompts} prompts")
+        self.mixture, self.prompt, self.cfg = mixture, int(prompt), float(cfg)
+        self.shape = mixture.shape
+
+    def to(self, device=None, dtype=None) -> GuidedDenoiser:
+        """A copy whose mixture is on another device and/or dtype."""
+        return GuidedDenoiser(self.mixture.to(device, dtype), self.prompt, self.cfg)
+
+    def __call__(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
+        cond, uncond = self.mixture.denoise_pair(x, sigma, self.prompt)
+        return cond if self.cfg == 1.0 else uncond + self.cfg * (cond - uncond)
 
 
 def _dct_matrix(size: int, like: torch.Tensor) -> torch.Tensor:

@@ -270,6 +270,9 @@ class LearnedSolver:
             if teacher.get("refined"):
                 note += f" ({teacher['refined']} samples refined up to {teacher.get('max_steps')})"
             note += f", residual {float(teacher['residual']):.4f}"
+            if teacher.get("estimated_error") is not None and teacher.get("tolerance") is not None:
+                note += (f", estimated error at most {float(teacher['estimated_error']):.2%} of the results' RMS "
+                         f"(tolerance {float(teacher['tolerance']):.2%}, set by what this NFE can reach)")
             if teacher.get("excluded"):
                 note += f"; {teacher['excluded']} samples left out (the teacher did not settle on them)"
             lines.append(note)

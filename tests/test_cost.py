@@ -19,18 +19,19 @@ SMALL = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=24, validation=16
 
 
 class CountingModel:
-    """The exact denoiser, counting every sample it is called on, with and without gradients,
-    and every backward pass through its output."""
+    """An exact denoiser (``model``, the mixture by default), counting every sample it is called
+    on, with and without gradients, and every backward pass through its output."""
 
     sigma_convention = "ve"
 
-    def __init__(self):
+    def __init__(self, model=MIXTURE):
+        self.model = model
         self.seen = {"inference": 0, "gradient": 0, "backward": 0}
 
     def __call__(self, x, sigma, **kwargs):
         samples = x.shape[0]
         self.seen["gradient" if torch.is_grad_enabled() else "inference"] += samples
-        out = MIXTURE(x, sigma)
+        out = self.model(x, sigma)
         if out.requires_grad:
             out.register_hook(lambda grad: self.seen.__setitem__("backward", self.seen["backward"] + samples))
         return out
@@ -93,6 +94,19 @@ def test_the_time_left_comes_from_the_measured_pace(monkeypatch):
         counter(x.requires_grad_(), torch.ones(10))  # 10 gradient calls in 5 s: 0.5 s each
         clock[0] += 5.0
         assert left.seconds() == pytest.approx(100 * 0.1 + 40 * 0.5)
+
+
+def test_under_guidance_the_calls_reported_are_the_calls_the_guided_model_saw():
+    # CFG 7 on a mixture with prompts, as ComfyUI computes it: one cond/uncond pair is one call
+    guided = GaussianMixtureDenoiser.close_modes(shape=SHAPE, prompts=True).guided(1, 7.0)
+    model = CountingModel(guided)
+    solver = distill(model, SHAPE, nfe=[4], **{**SMALL, "teacher_steps": 32})
+    reported, teacher = solver.provenance["cost"]["calls"], solver.provenance["teacher"]
+    assert {kind: reported[kind] for kind in model.seen} == model.seen and model.seen["inference"] > 0
+    assert solver.provenance["cost"]["phases"]["teacher"]["inference"] == teacher["calls"]
+    # the teacher's first two levels on every seed, and each refined seed's finer levels on top
+    assert teacher["calls"] >= (24 + 16) * (16 + 32)
+    assert (teacher["calls"] > (24 + 16) * (16 + 32)) == (teacher["refined"] > 0)
 
 
 def test_progress_reports_an_estimate_once_calls_are_timed():
