@@ -1,7 +1,7 @@
 """Learned solvers against every built-in solver x schedule, per-sample error to an accurate
 reference on held-out seeds: mean, median, tail.
 
-    python benchmarks/distill_benchmark.py                       # all three models, NFE 3 4 5 6 8 10
+    python benchmarks/distill_benchmark.py                       # the three unguided models, NFE 3 4 5 6 8 10
     python benchmarks/distill_benchmark.py --model hard --nfe 4 6
     python benchmarks/distill_benchmark.py --model mixture --methods auto ld3 s4s
     python benchmarks/distill_benchmark.py --model hard --seeds 0 1 2     # the spread from fit to fit
@@ -18,7 +18,9 @@ reference on held-out seeds: mean, median, tail.
     the model a fit sees is classifier-free guidance as ComfyUI computes it, uncond + cfg x
     (cond - uncond) on the denoised values (``GuidedDenoiser``), one prompt and scale per fit,
     as the Distill node fits one conditioning. ``--cfg`` and ``--prompts`` choose them; every
-    (prompt, cfg) gets its own reference, built-in pairs and fit, a row each.
+    (prompt, cfg) gets its own reference, built-in pairs and fit, a section each.
+(e) ``cunet``: the class-conditional test UNet (4 classes, trained with the class dropped 15 %
+    of the time), guided the same way (``testmodel.GuidedUNet``), classes from ``--prompts``.
 
 The fit runs with the Distill node's defaults (``FitSettings()``: its samples, validation,
 iterations, batch size and teacher) and nothing tuned for these models. Every figure is on
@@ -150,7 +152,15 @@ def cases(which, cfgs=(7.0,), prompts=(0, 3)):
 
         unet = load_test_unet()
         yield "shipped test UNet", unet, unet.sample_shape
-    if which in ("guided", "all"):
+    if which == "cunet":
+        from learned_solvers.testmodel import CLASSES, GuidedUNet, load_test_unet
+
+        unet = load_test_unet(conditional=True)
+        for cfg in cfgs:
+            for label in prompts:
+                yield (f"guided class-conditional test UNet: class {label} ({CLASSES[label]}), CFG {cfg:g}",
+                       GuidedUNet(unet, label, cfg), unet.sample_shape)
+    if which == "guided":
         mixture = GaussianMixtureDenoiser.close_modes(shape=shape, prompts=True)
         for cfg in cfgs:
             for prompt in prompts:
@@ -160,11 +170,12 @@ def cases(which, cfgs=(7.0,), prompts=(0, 3)):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["mixture", "hard", "unet", "guided", "all"], default="all")
+    parser.add_argument("--model", choices=["mixture", "hard", "unet", "guided", "cunet", "all"], default="all")
     parser.add_argument("--cfg", type=float, nargs="+", default=[1.0, 4.0, 7.0],
-                        help="the guided model's CFG scales (a section each)")
+                        help="the guided models' CFG scales (a section each)")
     parser.add_argument("--prompts", type=int, nargs="+", default=[0, 3],
-                        help="the guided model's prompts (0-7) fitted, one fit and row each")
+                        help="the guided models' prompts fitted (the mixture's 0-7, the UNet's classes 0-3), one "
+                             "fit and section each")
     parser.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])
     parser.add_argument("--methods", nargs="+", default=["auto"], choices=list(METHODS))
     parser.add_argument("--held-out", type=int, default=256)

@@ -124,7 +124,7 @@ class CallCounter:
 def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterations: int, batch_size: int,
                   validate_every: int, checkpoint: bool, teacher_steps: int, gradient_fit: bool = True,
                   own_pairs: int = 0, probes=(3, 6), shortlist: int = 12, finalists: int = 3,
-                  corrections: int = 0) -> dict:
+                  corrections: int = 0, screen: int = 0) -> dict:
     """The sample-calls one NFE's fit is planned to make after the teacher: {kind: calls}.
 
     floor (``pipeline._floor``): the ``pairs`` built-in and ``own_pairs`` trajectory pairs on
@@ -133,7 +133,8 @@ def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterat
     fit: one run of the ``corrections`` samples the closed-form coefficients are fitted on
     (``fit.fit_corrections``), ``iterations`` x ``batch_size`` unrolled runs of ``nfe`` calls (twice with
     ``checkpoint``, once backward), validation every ``validate_every`` iterations and at the
-    start and end (the selection reuses the best snapshot's errors). D-ODE
+    start and end (the selection reuses the best snapshot's errors); the selection: the fitted
+    solver on ``screen`` fresh seeds (``pipeline.SCREEN_SAMPLES``, a divergence check). D-ODE
     (``gradient_fit`` False) instead runs the teacher again on the training samples (about
     ``teacher_steps`` calls, keeping its states on the floor's grid) and the student once.
     """
@@ -145,10 +146,11 @@ def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterat
 
     floor = nfe * (rounds(pairs, shortlist, finalists) + (rounds(own_pairs, 2, 1) if own_pairs else 0))
     if not gradient_fit:  # D-ODE: a teacher run of the training samples on the floor's grid, one solve
-        return {"inference": floor + samples * (teacher_steps + nfe) + validation * nfe, "gradient": 0, "backward": 0}
+        return {"inference": floor + samples * (teacher_steps + nfe) + (validation + screen) * nfe, "gradient": 0,
+                "backward": 0}
     one_fit = fit_calls(nfe=nfe, validation=validation, iterations=iterations, batch_size=batch_size,
                         validate_every=validate_every, checkpoint=checkpoint, corrections=corrections)
-    return {**one_fit, "inference": floor + one_fit["inference"]}
+    return {**one_fit, "inference": floor + one_fit["inference"] + screen * nfe}
 
 
 def fit_calls(*, nfe: int, validation: int, iterations: int, batch_size: int, validate_every: int,

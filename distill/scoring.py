@@ -152,6 +152,23 @@ def builtin_pairs(schedules: dict, nfe: int, bases, sigma_min: float, sigma_max:
     return pairs
 
 
+def diverged(model, start: torch.Tensor, fit: FittedSteps, setup: SolverSetup, limit: float,
+             batch_size: int = 64) -> torch.Tensor:
+    """bool [len(start)]: which of the start states [S, ...] ``fit`` takes to a result whose RMS
+    is above ``limit`` (a divergence; no teacher needed, only the result's size), run
+    ``batch_size`` at a time without gradients. A non-finite result counts as diverged."""
+    device = setup.device or start.device
+    options = {**setup.solver_options(), **fit.solver_options()}
+    flags = []
+    with torch.no_grad():
+        for first in range(0, len(start), batch_size):
+            chunk = start[first:first + batch_size].to(device)
+            out = sample_learned(model, chunk, fit.sigmas.to(chunk.dtype), setup.extra_args, None, True, **options)
+            size = out.double().flatten(1).pow(2).mean(1).sqrt().cpu()
+            flags.append(~(size <= limit))
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+
+
 def score_pairs(model, teacher, indices, pairs, setup: SolverSetup, batch_size: int) -> list:
     """Each pair's per-sample errors on ``indices``, best first by mean (``mean_error``):
     [(score, base, schedule name, FittedSteps, errors)]."""
@@ -164,5 +181,6 @@ def score_pairs(model, teacher, indices, pairs, setup: SolverSetup, batch_size: 
     return scored
 
 
-__all__ = ["FLIP_FACTOR", "TAIL_SHARE", "builtin_pairs", "capped", "error_summary", "flip_excess", "mean_error", "no_worse_tail",
+__all__ = ["FLIP_FACTOR", "TAIL_SHARE", "builtin_pairs", "capped", "diverged", "error_summary", "flip_excess",
+           "mean_error", "no_worse_tail",
            "overall_rmse", "per_sample_errors", "ratio_interval", "score_pairs", "tail_error", "typical_error"]

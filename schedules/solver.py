@@ -262,6 +262,9 @@ class LearnedSolver:
             if start.get("also_fitted"):
                 lines.append(f"     also fitted from {start['also_fitted']}; the fit from {start.get('base')} + "
                              f"{start.get('schedule')} kept typical seeds closer")
+            if start.get("diverged"):
+                lines.append(f"     the fit was not taken: it diverged on {start['diverged']} of the fresh "
+                             f"seeds it was screened on")
             if fit.model_calls:
                 lines.append(f"     fit: {calls_text(fit.model_calls)}, {fit.fit_seconds:.0f} s")
         teacher = self.provenance.get("teacher") if isinstance(self.provenance.get("teacher"), dict) else {}

@@ -4,7 +4,8 @@ It proves the distillation engine on a real network with real backpropagation, a
 demo's default model. ``load_test_unet()`` returns it as a k-diffusion denoiser.
 """
 
-from .data import procedural_images
-from .unet import TinyUNet, load_test_unet, WEIGHTS_PATH
+from .data import CLASSES, labelled_images, procedural_images
+from .unet import CONDITIONAL_WEIGHTS_PATH, WEIGHTS_PATH, ConditionalTinyUNet, GuidedUNet, TinyUNet, load_test_unet
 
-__all__ = ["TinyUNet", "WEIGHTS_PATH", "load_test_unet", "procedural_images"]
+__all__ = ["CLASSES", "CONDITIONAL_WEIGHTS_PATH", "ConditionalTinyUNet", "GuidedUNet", "TinyUNet", "WEIGHTS_PATH",
+           "labelled_images", "load_test_unet", "procedural_images"]

@@ -110,6 +110,24 @@ def test_the_teacher_refines_the_seeds_it_flips_under_guidance():
     assert per_sample(teacher.final, reference).max() < 0.01 and bool(teacher.settled.all())
 
 
+def test_a_fit_that_diverges_on_a_screened_seed_is_not_taken(monkeypatch):
+    # the screen runs every fitted solver on fresh seeds and checks only the results' size; where
+    # it diverges on more of them than the best pair, the result is the pair itself
+    from learned_solvers.distill import pipeline
+
+    def diverging_fits(model, start, fit, setup, limit, batch_size):
+        return torch.full((len(start),), fit.method != "builtin")  # every fitted solver, never the pair
+
+    monkeypatch.setattr(pipeline, "diverged", diverging_fits)
+    solver = distill(MODEL, SHAPE, nfe=[4], **SMALL)
+    fit = solver.fits[4]
+    assert fit.method == "builtin" and fit.start["diverged"] == "128 of 128 (the pair on 0)"
+    assert "diverged on 128 of 128 (the pair on 0) of the fresh seeds" in solver.summary()
+    # where the pair diverges as often, the fit is taken
+    monkeypatch.setattr(pipeline, "diverged", lambda model, start, *args: torch.ones(len(start), dtype=torch.bool))
+    assert distill(MODEL, SHAPE, nfe=[4], **SMALL).fits[4].method != "builtin"
+
+
 def test_scores_and_their_interval():
     errors = torch.tensor([0.1] * 9 + [1.0], dtype=torch.float64)
     assert tail_error(errors) == 1.0
