@@ -36,7 +36,8 @@ this table). The ratio is mean(learned) / mean(best pair)
 with a 90 % bootstrap interval; "closer": the share of seeds where the learned solver is
 closer to the reference than the best pair; "calls": the fit's model calls per sample, without
 gradients (teacher, scoring the built-ins, validation) / with gradients (forward and
-recomputation; ``distill.cost``), and "fit" its wall time. "returned": the floor pair when no fit
+recomputation; ``distill.cost``), "fit" its wall time and "eta" the first time-left estimate the
+fit reported (as the total it implied) over that wall time. "returned": the floor pair when no fit
 beat it, "<base> + trajectory" for the grid read off the teacher's trajectories, else the pair
 the fit started from + learned.
 """
@@ -97,7 +98,7 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,), 
           f"{describe(teacher_errors, teacher_errors.median())}", file=out)
     print(f"{'NFE':>4} {'best built-in pair':<26} {'mean':>6} {'median':>6} {'p95':>6} {'flips':>5} {'far':>5} {'RMSE':>6}   "
           f"{'learned':<8} {'mean':>6} {'median':>6} {'p95':>6} {'flips':>5} {'far':>5} {'RMSE':>6} {'ratio [90% CI]':>20} "
-          f"{'closer':>6} {'calls':>13} {'fit':>5}  returned", file=out, flush=True)
+          f"{'closer':>6} {'calls':>13} {'fit':>5} {'eta':>4}  returned", file=out, flush=True)
 
     def sample(start, sigmas, **options):
         outs = []
@@ -116,9 +117,16 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,), 
         (best_base, best_grid), best = min(builtin.items(), key=lambda item: float(item[1].mean()))
         for method, seed in [(method, seed) for method in methods for seed in seeds]:
             began = time.perf_counter()
+            first_estimate = []  # the first time-left estimate, as the total it implies
+
+            def progress(step, total, loss, held_out, seconds_left):
+                if not first_estimate and seconds_left == seconds_left:
+                    first_estimate.append(time.perf_counter() - began + seconds_left)
+
             solver = distill(model, shape, sigma_min=sigma_min, sigma_max=sigma_max, nfe=[n], method=method,
-                             convention="ve", sigma_table=SD15, seed=seed, **(changes or {}))
+                             convention="ve", sigma_table=SD15, seed=seed, progress=progress, **(changes or {}))
             seconds = time.perf_counter() - began
+            eta = first_estimate[0] / seconds if first_estimate else float("nan")
             fit = solver.fits[n]
             learned = errors_of(sample(held, fit.sigmas, **solver.sampler_options(n)), reference.final)
             low, high = ratio_interval(learned, best)
@@ -133,7 +141,8 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,), 
             calls = f"{made['inference']:,}/{made['gradient']:,}"
             print(f"{n:>4} {best_base + ' + ' + best_grid:<26} {describe(best, best.median())}   {label:<8} "
                   f"{describe(learned, best.median())} "
-                  f"{ratio:>6.2f} [{low:.2f}, {high:.2f}] {closer:>6.0%} {calls:>13} {seconds:>4.0f}s  {returned}",
+                  f"{ratio:>6.2f} [{low:.2f}, {high:.2f}] {closer:>6.0%} {calls:>13} {seconds:>4.0f}s {eta:>4.2f}  "
+                  f"{returned}",
                   file=out, flush=True)
             rows[(n, method, seed)] = {"best": best, "learned": learned, "ratio": ratio, "interval": (low, high),
                                        "calls": made}

@@ -1,7 +1,7 @@
-"""``distill``: an accurate teacher once (which also reads a grid off its own trajectories,
-``trajectory``), then per NFE: score the built-in pairs and the trajectory grid's, start from
-the best, fit with the chosen method, and keep the fit only where it beats the best built-in
-pair."""
+"""``distill``: an accurate teacher once, as accurate as the fitted NFEs need (which also reads a
+grid off its own trajectories, ``trajectory``), then per NFE: score the built-in pairs and the
+trajectory grid's, start from the best, fit with the chosen method, and keep the fit only where
+it beats the best built-in pair and diverges on no more fresh seeds than that pair."""
 
 from __future__ import annotations
 
@@ -134,6 +134,10 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     the validation samples (by ``scoring.mean_error``) the
     result is never worse than the best built-in pair (the floor): where neither the fit nor the
     trajectory pair beats it, the result *is* the floor (method "builtin", no corrections).
+    A fit is also run on ``SCREEN_SAMPLES`` fresh seeds and turned away where more of its
+    results diverge there than the pair's (``scoring.diverged``). The teacher's tolerance
+    ("auto") is set by what the largest NFE can reach (``teacher_tolerance``): the floor's first
+    round at that NFE runs on the teacher's first results, before any seed is refined.
     Where coefficients are learned ("auto", "s4s"), the gradient steps start from closed-form
     corrections (``fit.fit_corrections``) against the kept teacher trajectories of
     ``CORRECTION_SAMPLES`` training samples (``trajectory.StepCosts.states_at``).

@@ -1,7 +1,7 @@
 """Train the shipped TinyUNet on procedural images (no download), EDM loss and weighting.
 
     python -m learned_solvers.testmodel.train --iterations 4000
-    python -m learned_solvers.testmodel.train --conditional     # the class-conditional one
+    python -m learned_solvers.testmodel.train --conditional --iterations 3000   # the class-conditional one
 
 Writes ``testmodel/tiny_unet.safetensors`` (``tiny_unet_conditional.safetensors`` with
 ``--conditional``; float16 weights, a few MB) atomically. Sigmas are drawn log-normally (EDM's

@@ -102,7 +102,8 @@ def test_distill_node_fits_saves_and_leaves_the_model_alone(pack, models_dir, ki
     assert saved == ["tiny.safetensors"]
     # the teacher's residual, and what each NFE was measured against, are in the text and the file
     text = out.ui.value
-    assert "teacher: dpmpp_3m" in text and "residual" in text and "best built-in pair" in text
+    assert "teacher: unipc_bh2" in text and "residual" in text and "best built-in pair" in text
+    assert "estimated error at most" in text and "set by what this NFE can reach" in text
     metadata = read_metadata(str(models_dir / "tiny.safetensors"))
     assert float(metadata["teacher_residual"]) == solver.provenance["teacher"]["residual"]
     # the floor is one of ComfyUI's own schedulers for this model, or one of the package's built-ins
