@@ -215,13 +215,12 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                                                    s.inference_batch_size)
             early["calls"] = counter.since(mark)  # the largest NFE's fit's calls
             return teacher_tolerance(early["first_round"], final)
-    with counter.phase("teacher"):
-        with counter.using(teacher_call):
-            teacher = refine_teacher(call, start, s.teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                                     base=s.teacher_base, convention=convention, extra_args=extra_args,
-                                     batch_size=s.inference_batch_size, tolerance=tolerance,
-                                     progress=teacher_progress, cancel=cancel,
-                                     plan=lambda calls: time_left.plan("inference", calls), trace=step_costs)
+    with counter.phase("teacher"), counter.using(teacher_call):
+        teacher = refine_teacher(call, start, s.teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
+                                 base=s.teacher_base, convention=convention, extra_args=extra_args,
+                                 batch_size=s.inference_batch_size, tolerance=tolerance,
+                                 progress=teacher_progress, cancel=cancel,
+                                 plan=lambda calls: time_left.plan("inference", calls), trace=step_costs)
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
                                  "(and its dtype), or lower the CFG scale")
@@ -229,8 +228,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     order = torch.arange(count)
     train, held = order[:s.samples][teacher.settled[:s.samples]], order[s.samples:][teacher.settled[s.samples:]]
     # the first floor round stands where its probe seeds are still the first training seeds, unrefined
-    unchanged = bool((teacher.sample_steps[probes] == teacher.sample_steps.min()).all()) and torch.equal(train[:len(probes)],
-                                                                                              probes)
+    unrefined = bool((teacher.sample_steps[probes] == teacher.sample_steps.min()).all())
+    unchanged = unrefined and torch.equal(train[:len(probes)], probes)
     first_round = early.get("first_round") if unchanged else None
     if len(train) == 0 or len(held) == 0:
         raise FloatingPointError(f"the teacher did not settle (its results still moved at {teacher.report()['max_steps']} "

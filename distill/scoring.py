@@ -27,20 +27,31 @@ TAIL_SHARE = 0.1
 FLIP_FACTOR = 3.0
 
 
+def _rms(values: torch.Tensor) -> torch.Tensor:
+    """[B] the RMS of each sample of ``values`` [B, ...], float64 on the CPU."""
+    return values.double().cpu().flatten(1).pow(2).mean(1).sqrt()
+
+
+def _results(model, start: torch.Tensor, fit: FittedSteps, setup: SolverSetup, batch_size: int, dtype=None):
+    """``fit``'s results for the start states [S, ...], ``batch_size`` at a time without
+    gradients: yields (slice of ``start``, results [B, ...]). ``fit.base`` overrides the setup's."""
+    device = setup.device or start.device
+    options = {**setup.solver_options(), **fit.solver_options()}
+    with torch.no_grad():
+        for first in range(0, len(start), batch_size):
+            chunk = slice(first, min(first + batch_size, len(start)))
+            states = start[chunk].to(device=device, dtype=dtype or start.dtype)
+            yield chunk, sample_learned(model, states, fit.sigmas.to(states.dtype), setup.extra_args, None, True,
+                                        **options)
+
+
 def per_sample_errors(model, teacher, indices, fit: FittedSteps, setup: SolverSetup, batch_size: int = 64,
                       dtype=None) -> torch.Tensor:
     """RMSE of each sample [len(indices)] (float64, CPU) of ``fit`` to the teacher's results,
     run ``batch_size`` samples at a time without gradients. ``fit.base`` overrides the setup's."""
-    device = setup.device or teacher.start.device
-    options = {**setup.solver_options(), **fit.solver_options()}
-    errors = []
-    with torch.no_grad():
-        for first in range(0, len(indices), batch_size):
-            chunk = indices[first:first + batch_size]
-            start = teacher.start[chunk].to(device=device, dtype=dtype or teacher.start.dtype)
-            out = sample_learned(model, start, fit.sigmas.to(start.dtype), setup.extra_args, None, True, **options)
-            diff = out.double().cpu() - teacher.final[chunk].double()
-            errors.append(diff.flatten(1).pow(2).mean(1).sqrt())
+    targets = teacher.final[indices]
+    errors = [_rms(out.double().cpu() - targets[chunk].double())
+              for chunk, out in _results(model, teacher.start[indices], fit, setup, batch_size, dtype)]
     return torch.cat(errors) if errors else torch.zeros(0, dtype=torch.float64)
 
 
@@ -157,15 +168,7 @@ def diverged(model, start: torch.Tensor, fit: FittedSteps, setup: SolverSetup, l
     """bool [len(start)]: which of the start states [S, ...] ``fit`` takes to a result whose RMS
     is above ``limit`` (a divergence; no teacher needed, only the result's size), run
     ``batch_size`` at a time without gradients. A non-finite result counts as diverged."""
-    device = setup.device or start.device
-    options = {**setup.solver_options(), **fit.solver_options()}
-    flags = []
-    with torch.no_grad():
-        for first in range(0, len(start), batch_size):
-            chunk = start[first:first + batch_size].to(device)
-            out = sample_learned(model, chunk, fit.sigmas.to(chunk.dtype), setup.extra_args, None, True, **options)
-            size = out.double().flatten(1).pow(2).mean(1).sqrt().cpu()
-            flags.append(~(size <= limit))
+    flags = [~(_rms(out) <= limit) for _, out in _results(model, start, fit, setup, batch_size)]
     return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
 
 

@@ -61,23 +61,18 @@ def _same(a: float, b: float) -> bool:
 SPACING_LIMIT = 8.0  # |lambda| beyond which extra teacher points are not spread (t = 0.9997)
 # extra points are uniform in sigma^(1 / TEACHER_RHO) (VE sigma, exp(-lambda)): Karras' spacing
 TEACHER_RHO = 7.0
-SPACINGS = ("karras", "log-snr")
 
 
-def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | None = None,
-                 spacing: str = "karras") -> torch.Tensor:
+def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | None = None) -> torch.Tensor:
     """A grid of about ``steps`` model calls that contains every point of ``student_grids``.
 
     All student grids must share their first sigma and, if any ends at 0, end at 0. Extra points
-    go into each interval in proportion to its length in the spacing's coordinate (at least one
-    per interval), uniformly in it: "karras", VE sigma^(1/7) (``TEACHER_RHO``), or "log-snr",
-    half-log-SNR.
+    go into each interval in proportion to its length in VE sigma^(1/7) (``TEACHER_RHO``: Karras'
+    spacing; at least one per interval), uniformly in it.
     ``sigma_min`` (the model's smallest sigma) extends the grid down to it before the final
     denoise, so the teacher's result is accurate even when a student grid stops early (AYS and
     "simple" grids jump to 0 from well above sigma_min).
     """
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown teacher grid spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     grids = [torch.as_tensor(g, dtype=torch.float64) for g in student_grids]
     if not grids:
         raise ValueError("teacher_grid needs at least one student grid")
@@ -100,8 +95,8 @@ def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | 
         # flow t = 1 has lambda = -inf (clamped far out): spacing there would pile every point
         # against t = 1, so points are placed within +-SPACING_LIMIT (student points stay exact)
         lam = half_log_snr(positive, convention).clamp(-SPACING_LIMIT, SPACING_LIMIT)
-        # the spacing's coordinate, increasing along the grid
-        coord = lam if spacing == "log-snr" else -torch.exp(-lam / TEACHER_RHO)
+        # Karras' coordinate, -sigma^(1/rho) in VE sigma = exp(-lambda), increasing along the grid
+        coord = -torch.exp(-lam / TEACHER_RHO)
         lengths = coord[1:] - coord[:-1]
         share = lengths / lengths.sum() * max(budget, intervals)
         counts = share.round().clamp(min=1).long()
@@ -110,7 +105,7 @@ def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | 
             fractions = torch.arange(int(counts[i]), dtype=torch.float64) / int(counts[i])
             pieces.append(coord[i] + fractions * lengths[i])
         coord_grid = torch.cat(pieces + [coord[-1:]])
-        lam_grid = coord_grid if spacing == "log-snr" else -TEACHER_RHO * torch.log(-coord_grid)
+        lam_grid = -TEACHER_RHO * torch.log(-coord_grid)
         grid = sigma_from_half_log_snr(lam_grid, convention)
         # keep the student points bit-exact (the round trip through lambda moves them slightly)
         for value in merged:
@@ -276,7 +271,8 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     grid is ``teacher_grid`` from sigma_max down to ``sigma_min`` and a final 0 (Karras'
     spacing). tolerance: the estimated error (relative to the results' RMS) above which a
     sample is refined, or a function ``tolerance(final) -> float`` told the first fine results
-    [M, ...] (``distill`` measures there what the student can reach). progress(done_batches, total_batches) after every batch (the total
+    [M, ...] (``distill`` measures there what the student can reach).
+    progress(done_batches, total_batches) after every batch (the total
     grows when samples are refined); cancel() before every batch, as in ``record_teacher``;
     plan(sample_calls) with the model calls still to come: both first levels at the start, each
     refinement level when it is decided. trace: a ``trajectory.StepCosts`` fed by the level of
