@@ -31,7 +31,7 @@ DEFAULTS = FitSettings()  # the Distill node shows the library's defaults
 log = logging.getLogger("learned_solvers")
 
 if io is not None:
-    from .distill.comfyui import compare_model, distill_model, distill_network_model, lora_model
+    from .distill.comfyui import compare_model, distill_model, distill_network_model, encode_prompts, lora_model
     from .distill.sfd import SfdSettings
     from .distill.cost import progress_text
     from .schedules import load_learned_solver, read_metadata, reference_schedules, save_learned_solver
@@ -162,6 +162,13 @@ if io is not None:
                                  tooltip="Noise seeds held out to check the fit and guard its tail (no new "
                                          "flips). 32 with samples 32 halves the teacher's work, but the guard "
                                          "then sees fewer seeds."),
+                    io.Clip.Input("clip", optional=True, tooltip="Encodes the prompt list (your checkpoint's CLIP)."),
+                    io.String.Input("prompt_list", default="", multiline=True, optional=True,
+                                    tooltip="More prompts, one per line, for a file that serves the whole model: "
+                                            "the fit runs on the positive and these (same teacher cost: the seeds "
+                                            "are spread over them), trains on every second one and checks itself "
+                                            "on the others, and its text gives the error on both. The file "
+                                            "records how many prompts, never the prompts."),
                 ],
                 outputs=[
                     LearnedSolverSocket.Output(display_name="learned_solver"),
@@ -175,14 +182,16 @@ if io is not None:
 
         @classmethod
         def execute(cls, model, positive, negative, latent_image, cfg, nfe, method, base, teacher_steps, samples,
-                    iterations, seed, filename, memory="auto", validation=DEFAULTS.validation) -> io.NodeOutput:
+                    iterations, seed, filename, memory="auto", validation=DEFAULTS.validation, clip=None,
+                    prompt_list="") -> io.NodeOutput:
             nfes = library.parse_nfes(nfe)
+            more_prompts = encode_prompts(clip, prompt_list)
             try:
                 solver = distill_model(model, positive, negative, latent_image, cfg, nfe=nfes, method=method,
                                        base=base, teacher_steps=teacher_steps, samples=samples,
                                        iterations=iterations, seed=seed, memory=memory,
                                        progress=_fit_progress("Distill Sampler"), cancel=_interrupted,
-                                       validation=validation)
+                                       validation=validation, more_prompts=more_prompts)
             except torch.OutOfMemoryError as err:  # re-raised as one, so ComfyUI still unloads its models
                 comfy.model_management.soft_empty_cache(True)
                 raise torch.OutOfMemoryError(

@@ -32,6 +32,7 @@ from .discrete import fractional_timestep, snap_to_discrete
 from .memory import LARGE_MODEL_BYTES, MEMORY_MODES, checkpointed_blocks
 from .memory import memory_plan as plan_for
 from .pipeline import distill
+from .prompts import route_prompts
 from .settings import FitSettings
 from .sfd import SfdSettings, distill_network
 
@@ -106,10 +107,15 @@ _DEFAULTS = FitSettings()
 
 
 def run_guided(model, positive, negative, cfg: float, shape, seed: int, body, *, for_gradients: bool = False,
-               memory: str = "model calls"):
+               memory: str = "model calls", more_prompts=()):
     """Call ``body(denoiser, device)`` inside ComfyUI's own CFG sampling of a clone of ``model``:
     ``denoiser(x, sigma)`` is the CFG denoiser (the guider) with the user's conditioning, on the
     fractional-timestep sampling for discrete models; returns what ``body`` returns.
+
+    more_prompts: further positive CONDITIONINGs; the denoiser then takes ``prompt`` ([B]
+    indices: 0 the positive, k the k-th of these) and runs each sample with its own, all with
+    the one negative. ComfyUI prepares every conditioning the guider holds, so each is set
+    as an extra entry and swapped in as the positive for the samples of its prompt.
 
     for_gradients: leave inference mode and give the clone's weights constant copies autograd
     can save (the fit); memory "blocks" also checkpoints every block. The clone is unloaded
@@ -123,15 +129,25 @@ def run_guided(model, positive, negative, cfg: float, shape, seed: int, body, *,
     if facts["discrete"]:
         patcher.add_object_patch("model_sampling", _fractional_sampling(model.get_model_object("model_sampling")))
     result = {}
+    extra_keys = [f"learned_solvers_prompt_{index}" for index in range(1, len(more_prompts) + 1)]
 
     class Driver(comfy.samplers.Sampler):
         """Runs inside CFGGuider.sample, where ``model_wrap`` is the guider: a CFG denoiser."""
 
         def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                    disable_pbar=False):
-            def denoiser(x, sigma, **_):
-                return model_wrap(x, sigma, **extra_args)
+            def with_positive(key):
+                prepared = model_wrap.conds[key]
 
+                def call(x, sigma, **_):
+                    model_wrap.conds["positive"] = prepared
+                    return model_wrap(x, sigma, **extra_args)
+
+                return call
+
+            denoiser = with_positive("positive")
+            if more_prompts:
+                denoiser = route_prompts([denoiser] + [with_positive(key) for key in extra_keys])
             denoiser.sigma_convention = facts["convention"]
             result["value"] = body(denoiser, noise.device)
             return torch.zeros_like(latent_image)
@@ -143,6 +159,7 @@ def run_guided(model, positive, negative, cfg: float, shape, seed: int, body, *,
             _constant_weights(patcher)
         guider = comfy.samplers.CFGGuider(patcher)
         guider.set_conds(_copy_conditioning(positive), _copy_conditioning(negative))
+        guider.inner_set_conds({key: _copy_conditioning(p) for key, p in zip(extra_keys, more_prompts)})
         guider.set_cfg(cfg)
         blocks = (checkpointed_blocks(patcher.model.diffusion_model) if for_gradients and memory == "blocks"
                   else contextlib.nullcontext())
@@ -176,7 +193,7 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
                   base=_DEFAULTS.base, teacher_steps=_DEFAULTS.teacher_steps, samples=_DEFAULTS.samples,
                   validation=_DEFAULTS.validation, iterations=_DEFAULTS.iterations, seed=_DEFAULTS.seed,
                   init_sigmas=_DEFAULTS.init_sigmas, batch_size=_DEFAULTS.batch_size, memory="auto", dtype=None,
-                  progress=None, cancel=None, **options):
+                  progress=None, cancel=None, more_prompts=(), **options):
     """Distill a solver for a ComfyUI MODEL with its CFG guider; returns a ``LearnedSolver``.
 
     latent: a LATENT dict; its first sample's shape [C, H, W] is the fitting shape. batch_size:
@@ -184,10 +201,13 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
     one of MEMORY_MODES (``memory_plan``; its plan also sets ``micro_batch`` unless given). Other
     keyword options go to ``distill``. The defaults
     are ``FitSettings``'s; ComfyUI's own schedulers for this model are scored with the built-ins.
-    progress / cancel as for ``distill``.
+    progress / cancel as for ``distill``. more_prompts: further positive CONDITIONINGs (``encode_prompts``):
+    the fit then runs on the positive and these, holding every second one out of training to
+    report how the result does on prompts it never saw (``distill``'s ``prompts``).
     """
     facts, own_schedules, table = host_facts(model)
     plan = memory_plan(model, memory)
+    more_prompts = list(more_prompts or ())
     shape = latent_shape(model, latent)
 
     def fit(denoiser, device):
@@ -198,13 +218,15 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
             batch_size=batch_size, use_checkpoint=True, dtype=dtype, device=device,
             inference_batch_size=plan["inference_batch_size"], dode_samples=plan["dode_samples"],
             progress=progress, cancel=cancel, sigma_table=table, schedules=own_schedules,
+            prompts=1 + len(more_prompts) if more_prompts else None,
             provenance={"model": {"family": facts["family"], "prediction": facts["prediction"],
                                   "shift": facts.get("shift"), "fingerprint": fingerprint(model),
                                   "cfg": float(cfg), "resolution": list(shape)},
                         "memory": plan["memory"], "batch_size": batch_size},
             **{"micro_batch": plan["micro_batch"], **options})
 
-    solver = run_guided(model, positive, negative, cfg, shape, seed, fit, for_gradients=True, memory=plan["memory"])
+    solver = run_guided(model, positive, negative, cfg, shape, seed, fit, for_gradients=True, memory=plan["memory"],
+                        more_prompts=more_prompts)
     if facts["discrete"]:
         for n, fitted in solver.fits.items():
             solver.fits[n] = snap_to_discrete(fitted, table, solver.sigma_range, solver.convention)
@@ -254,6 +276,16 @@ def distill_network_model(model, positive, negative, latent, cfg: float, *, nfe:
         for n, fitted in combined.fits.items():
             combined.fits[n] = snap_to_discrete(fitted, table, combined.sigma_range, combined.convention)
     return result
+
+
+def encode_prompts(clip, text: str) -> list:
+    """One CONDITIONING per non-empty line of ``text``, encoded by ``clip`` as the core
+    CLIPTextEncode node encodes a prompt."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if lines and clip is None:
+        raise ValueError("the prompt list needs a CLIP to encode it: connect the checkpoint's CLIP to the "
+                         "Distill Sampler's clip input, or empty the list")
+    return [clip.encode_from_tokens_scheduled(clip.tokenize(line)) for line in lines]
 
 
 def lora_model(model, lora: dict, strength: float = 1.0):
@@ -320,5 +352,6 @@ def _constant_weights(patcher):
 
 
 
-__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "distill_model", "distill_network_model", "fingerprint", "lora_model",
+__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "distill_model", "distill_network_model", "encode_prompts", "fingerprint",
+           "lora_model",
            "memory_plan", "snap_to_discrete"]

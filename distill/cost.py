@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from .prompts import plain_args
+
 PHASES = ("teacher", "floor", "fit", "selection")
 KINDS = ("inference", "gradient", "backward")
 # before the first gradient step is timed: a counted gradient call costs this many inference
@@ -40,7 +42,8 @@ class CallCounter:
     """A denoiser ``model(x, sigma, **kwargs)`` that counts its sample-calls by kind and phase.
 
     ``with counter.phase("teacher"): ...`` attributes the calls inside to that phase and adds
-    its wall time; ``report()`` gives both. Attributes of the wrapped model (for example its
+    its wall time; ``report()`` gives both. Per-sample keywords (``prompts.PerSample``) reach the
+    model as plain tensors. Attributes of the wrapped model (for example its
     ``sigma_convention``) read through.
     """
 
@@ -63,7 +66,7 @@ class CallCounter:
         samples = int(x.shape[0])
         recording = torch.is_grad_enabled()
         self._add("gradient" if recording else "inference", samples)
-        out = self.model(x, sigma, **kwargs)
+        out = self.model(x, sigma, **plain_args(kwargs, samples, x.device))
         if recording and out.requires_grad and not _in_backward():
             out.register_hook(lambda grad, phase=self.current: self._count_backward(phase, samples, grad))
         return out

@@ -29,6 +29,7 @@ from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .grid import MonotoneGrid
 from .memory import checkpointed_model
+from .prompts import rows_of
 from .scoring import capped, no_worse_tail, overall_rmse, per_sample_errors, mean_error
 from .settings import FitSettings, SolverSetup
 
@@ -88,7 +89,7 @@ def fit_step_scales(model, teacher, sigmas, indices, *, base, convention, correc
 
     start = teacher.start[indices].to(device or teacher.start.device)
     with torch.no_grad():
-        sample_learned(model, start, sigmas.to(start.dtype), extra_args, None, True, base=base,
+        sample_learned(model, start, sigmas.to(start.dtype), rows_of(extra_args, indices), None, True, base=base,
                        convention=convention, corrector=corrector, step_hook=solve)
     return scales
 
@@ -336,7 +337,8 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
             target = teacher.final[chunk].to(device)
             delta = offsets[part].to(device).requires_grad_(radius > 0)
             sigmas, options = params.options(learn)  # built again per part: each backward frees its graph
-            out = sample_learned(call, start + unit * delta, sigmas.to(start.dtype), setup.extra_args, None, True,
+            out = sample_learned(call, start + unit * delta, sigmas.to(start.dtype), rows_of(setup.extra_args, chunk),
+                                 None, True,
                                  **setup.solver_options(), **options)
             part_value = _loss(out, target.to(out.dtype), settings.loss, cap) * (len(part) / len(pick))
             part_value.backward()

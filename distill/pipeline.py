@@ -20,6 +20,7 @@ from .fit import (CAP_FACTOR, StudentParameters, autocast_model, fit_corrections
                   start_noise_scale)
 from .scoring import (builtin_pairs, diverged, error_summary, mean_error, no_worse_tail, overall_rmse,
                       per_sample_errors, ratio_interval, score_pairs, typical_error)
+from .prompts import PerSample, PromptSplit, assign_prompts, route_prompts, rows_of, split_prompts
 from .settings import FitSettings, SolverSetup
 from ..schedules.solver import MAX_NFE, FittedSteps, LearnedSolver
 from .teacher import record_teacher, refine_teacher, teacher_grid
@@ -104,7 +105,7 @@ def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: st
 def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), settings: FitSettings | None = None,
             convention: str = "auto", extra_args=None, device="cpu", start=None, provenance: dict | None = None,
             progress=None, cancel=None, sigma_table=None, schedules: dict | None = None, teacher_model=None,
-            **changes) -> LearnedSolver:
+            prompts=None, **changes) -> LearnedSolver:
     """Fit a few-step solver to ``model`` (a k-diffusion denoiser ``model(x, sigma, **extra_args)``).
 
     shape: one sample's shape, e.g. (4, 64, 64). sigma_min, sigma_max: the model's range (host
@@ -117,6 +118,11 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     schedules: the host's own schedules, name -> (nfe -> sigmas), scored with the built-ins.
     teacher_model: the denoiser the teacher runs (default ``model``): a solver fitted on a
     distilled network (``sfd``) follows the original network's teacher.
+    prompts: several conditionings in one fit: a count P (``model`` then takes a keyword
+    ``prompt``, [B] indices 0..P-1) or a list of extra_args dicts, one per prompt. Training
+    seeds go round the prompts at even positions; validation seeds round every prompt, so the
+    others are held out of training (``prompts.split_prompts``); each fit reports its mean
+    error on both halves (``held_out`` and ``floor``: "training_prompts", "held_out_prompts").
     progress(step, total, loss, held_out, seconds_left) after every teacher batch (loss and
     held_out NaN) and every iteration, ``total`` counting both; seconds_left: the estimate of
     ``cost.TimeLeft`` (NaN until a model call has been timed); cancel() before every iteration
@@ -154,6 +160,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     if s.use_checkpoint == "auto":
         has_weights = isinstance(model, torch.nn.Module) and any(True for _ in model.parameters())
         s = s.replace(use_checkpoint=has_weights or torch.device(device).type != "cpu")
+    model, split = _with_prompts(model, prompts, convention)
     began = time.perf_counter()
     counter = CallCounter(autocast_model(model, s.dtype))
     call = counter
@@ -165,6 +172,8 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         start = start_states(shape, count, sigma_max, convention, s.seed, device)
     elif start.shape[0] != count:
         raise ValueError(f"start has {start.shape[0]} samples; it must hold samples + validation = {count}")
+    assignment = assign_prompts(split, s.samples, s.validation) if split else None
+    extra_args = {**(extra_args or {}), "prompt": PerSample(assignment)} if split else extra_args
     method = s.method
     sigma_range = (float(sigma_min), float(sigma_max))
     pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, bases, sigma_min, sigma_max, convention) for n in nfes}
@@ -235,6 +244,9 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         raise FloatingPointError(f"the teacher did not settle (its results still moved at {teacher.report()['max_steps']} "
                                  f"steps) on every training or validation sample; check the model, or lower the CFG")
     screen = start_states(shape, SCREEN_SAMPLES, sigma_max, convention, s.seed + SCREEN_SEED, device, start.dtype)
+    # the screen's seeds go round every prompt, as the validation seeds do
+    screen_args = ({**extra_args, "prompt": PerSample(assign_prompts(split, 0, SCREEN_SAMPLES))} if split
+                   else extra_args)
     largest_result = float(teacher.final[teacher.settled].double().flatten(1).pow(2).mean(1).sqrt().max())
     total = state["teacher_total"] + iterations_total
     teacher_batches = state["teacher_total"]
@@ -270,11 +282,12 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
             gradient = dict(seed=s.seed + n, progress=report, cancel=cancel, total_steps=total,
                             floor_errors=floor_errors, loss_cap=cap)
             if method == "dode":
-                states = _teacher_states(call, teacher, train[:s.dode_samples] if s.dode_samples else train,
-                                         start_fit.sigmas, s, convention, sigma_min, extra_args, device)
+                rows = train[:s.dode_samples] if s.dode_samples else train
+                states = _teacher_states(call, teacher, rows, start_fit.sigmas, s, convention, sigma_min,
+                                         rows_of(extra_args, rows), device)
                 scales = fit_step_scales(call, states, start_fit.sigmas, torch.arange(states.start.shape[0]),
                                          base=start_base, convention=convention, corrector=setup.corrector,
-                                         extra_args=extra_args, device=device)
+                                         extra_args=rows_of(extra_args, rows), device=device)
                 best = FittedSteps(sigmas=start_fit.sigmas, coordinate=start_fit.coordinate, step_scales=scales,
                                    method="dode")
             elif method in ("auto", "ld3", "s4s"):
@@ -319,10 +332,11 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         errors = log["best_errors"]
         with counter.phase("selection"):  # fresh seeds, only the results' size: no teacher run
             limit = DIVERGED_FACTOR * largest_result
-            diverging = int(diverged(call, screen, best, setup, limit, s.inference_batch_size).sum())
+            on_screen = lambda fitted, its: int(diverged(call, screen, fitted, dataclasses.replace(  # noqa: E731
+                its, extra_args=screen_args), limit, s.inference_batch_size).sum())
+            diverging = on_screen(best, setup)
             # the pair may diverge there too (multistep samplers do under strong guidance)
-            floor_diverging = (int(diverged(call, screen, floor_fit, floor_setup, limit, s.inference_batch_size).sum())
-                               if diverging else 0)
+            floor_diverging = on_screen(floor_fit, floor_setup) if diverging else 0
         # a fit that adds flips, or diverges on more screened seeds than the pair, is not taken;
         # ties keep the built-in pair
         adds_divergence = diverging > floor_diverging
@@ -344,6 +358,9 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         chosen.held_out = {**error_summary(errors), "closer": float((errors < floor_errors).double().mean()),
                            "ratio_low": low, "ratio_high": high}
         chosen.floor = {"base": floor_base, "schedule": floor_name, **error_summary(floor_errors)}
+        if split and split.held_out:
+            chosen.held_out.update(_by_prompt_half(errors, assignment[held], split))
+            chosen.floor.update(_by_prompt_half(floor_errors, assignment[held], split))
         chosen.start = {"base": start_base, "schedule": start_name}
         others = [f"{other[0]} + {other[1]}" for other, _, _ in fitted if other is not start]
         if others:  # fitted from there too, and not kept
@@ -370,11 +387,36 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         "seconds": round(time.perf_counter() - began, 3),
         "package_version": __version__,
         "cost": {**counter.report(), "planned": dict(time_left.planned)},
+        **({"prompts": split.report()} if split else {}),
         **(provenance or {}),
     }
     first = fits[nfes[0]]
     return LearnedSolver(base=first.base, convention=convention, corrector=first.corrector, method=method,
                          sigma_range=sigma_range, fits=fits, provenance=provenance)
+
+
+def _with_prompts(model, prompts, convention: str) -> tuple:
+    """(the model, its ``PromptSplit`` or None) for ``distill``'s ``prompts``: a list of extra_args
+    dicts becomes one model that takes ``prompt``."""
+    if prompts is None:
+        return model, None
+    if isinstance(prompts, (list, tuple)):
+        if not all(isinstance(p, dict) for p in prompts):
+            raise ValueError("prompts must be a count or a list of extra_args dicts, one per prompt")
+        routed = route_prompts([lambda x, sigma, _args=args, **kw: model(x, sigma, **{**_args, **kw})
+                                for args in prompts])
+        routed.sigma_convention = convention
+        return routed, split_prompts(len(prompts))
+    if isinstance(prompts, bool) or not isinstance(prompts, int) or prompts < 1:
+        raise ValueError(f"prompts must be a positive count or a list of extra_args dicts; got {prompts!r}")
+    return model, split_prompts(prompts)
+
+
+def _by_prompt_half(errors: torch.Tensor, prompt_of: torch.Tensor, split: PromptSplit) -> dict:
+    """The mean per-sample error on the validation seeds of the training prompts and on those of
+    the held-out prompts (``errors`` and ``prompt_of`` [V], one per validation seed)."""
+    trained = torch.isin(prompt_of, torch.tensor(split.training))
+    return {"training_prompts": mean_error(errors[trained]), "held_out_prompts": mean_error(errors[~trained])}
 
 
 def teacher_tolerance(first_round, final: torch.Tensor) -> float:
@@ -453,7 +495,8 @@ def _first_corrections(call, teacher, trajectories: StepCosts, plain: FittedStep
     device = setup.device or teacher.start.device
     corrections = fit_corrections(call, teacher.start[rows].to(device), [t.to(device) for t in targets], sigmas,
                                   base=setup.base, convention=setup.convention, corrector=setup.corrector,
-                                  extra_args=setup.extra_args, history=s.history, cap=cap)
+                                  extra_args=rows_of(setup.extra_args, torch.tensor(rows)), history=s.history,
+                                  cap=cap)
     return FittedSteps(sigmas=sigmas, coordinate=plain.coordinate, d_corrections=corrections)
 
 

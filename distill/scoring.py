@@ -11,6 +11,7 @@ ordinary errors a little longer than the pair's is no flip.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -18,6 +19,7 @@ import torch
 from ..learned_samplers import sample_learned
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
+from .prompts import rows_of
 from .settings import SolverSetup
 
 # the worst share of samples ``tail_error`` averages
@@ -41,8 +43,15 @@ def _results(model, start: torch.Tensor, fit: FittedSteps, setup: SolverSetup, b
         for first in range(0, len(start), batch_size):
             chunk = slice(first, min(first + batch_size, len(start)))
             states = start[chunk].to(device=device, dtype=dtype or start.dtype)
-            yield chunk, sample_learned(model, states, fit.sigmas.to(states.dtype), setup.extra_args, None, True,
+            yield chunk, sample_learned(model, states, fit.sigmas.to(states.dtype), rows_of(setup.extra_args, chunk),
+                                        None, True,
                                         **options)
+
+
+def _rows(setup: SolverSetup, rows) -> SolverSetup:
+    """``setup`` for the states ``rows`` of those its per-sample keywords are aligned with."""
+    extra_args = rows_of(setup.extra_args, rows)
+    return setup if extra_args is setup.extra_args else dataclasses.replace(setup, extra_args=extra_args)
 
 
 def per_sample_errors(model, teacher, indices, fit: FittedSteps, setup: SolverSetup, batch_size: int = 64,
@@ -51,7 +60,7 @@ def per_sample_errors(model, teacher, indices, fit: FittedSteps, setup: SolverSe
     run ``batch_size`` samples at a time without gradients. ``fit.base`` overrides the setup's."""
     targets = teacher.final[indices]
     errors = [_rms(out.double().cpu() - targets[chunk].double())
-              for chunk, out in _results(model, teacher.start[indices], fit, setup, batch_size, dtype)]
+              for chunk, out in _results(model, teacher.start[indices], fit, _rows(setup, indices), batch_size, dtype)]
     return torch.cat(errors) if errors else torch.zeros(0, dtype=torch.float64)
 
 

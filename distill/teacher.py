@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..learned_samplers import append_zero, half_log_snr, resolve_convention, sample_learned, sigma_from_half_log_snr
+from .prompts import plain_model, rows_of
 
 # Sigmas closer than this (relative) are the same grid point.
 SAME_SIGMA = 1e-6
@@ -154,7 +155,7 @@ def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "
     if trace is not None:
         trace.start(len(sigmas))
     finals = []
-    call = autocast_model(model, dtype)
+    call = plain_model(autocast_model(model, dtype))
     began = time.perf_counter()
     grid = sigmas.to(device=start.device, dtype=start.dtype)
     for first in range(0, count, batch_size):
@@ -171,7 +172,7 @@ def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "
                 trace.on_step(chunk, info["i"], float(sigmas[info["i"]]), info["x"], info["denoised"])
 
         with torch.no_grad():
-            out = sample_learned(call, start[chunk], grid, extra_args, capture, True, base=base,
+            out = sample_learned(call, start[chunk], grid, rows_of(extra_args, chunk), capture, True, base=base,
                                  convention=convention)
         if trace is not None:
             trace.on_step(chunk, len(grid) - 1, 0.0, out, None)
@@ -302,7 +303,7 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
                 progress(done["batches"], done["total"])
 
         record = record_teacher(model, start[indices], grid, (), base=level_base, convention=convention,
-                                extra_args=extra_args, batch_size=batch_size, progress=counted, cancel=cancel,
+                                extra_args=rows_of(extra_args, indices), batch_size=batch_size, progress=counted, cancel=cancel,
                                 trace=trace)
         done["calls"] += len(indices) * (len(grid) - 1)
         return record.final, len(grid) - 1

@@ -52,23 +52,32 @@ def _ordinary(value):
     return value
 
 
-def repeat_conditioning(extra_args: dict, batch: int) -> dict:
-    """WebUI's CFG denoiser arguments for ``batch`` samples of one prompt.
+def conditioning_for(extra_args: dict, prompts) -> dict:
+    """WebUI's CFG denoiser arguments for samples run with ``prompts`` (one prompt index per
+    sample, into the prompts the processing was given).
 
-    Its denoiser takes one prompt per sample (sample i is paired with prompt i), so the single
-    prompt's conditioning (``cond``: a MulticondLearnedConditioning of one prompt; ``uncond``:
-    a list of one schedule list; ``image_cond`` [1, ...]) is repeated ``batch`` times."""
+    Its denoiser takes one prompt per sample (sample i is paired with prompt i), so each
+    sample's rows are picked from the prompts' conditioning (``cond``: a
+    MulticondLearnedConditioning of one entry per prompt; ``uncond``: a list of one schedule
+    list per prompt; ``image_cond`` [prompts, ...])."""
+    prompts = [int(p) for p in prompts]
     cond, uncond, image_cond = extra_args["cond"], extra_args.get("uncond"), extra_args.get("image_cond")
-    repeated = dict(extra_args)
+    picked = dict(extra_args)
     multi = copy.copy(cond)
-    multi.batch = [cond.batch[0]] * batch
-    multi.shape = (batch,)
-    repeated["cond"] = multi
+    multi.batch = [cond.batch[p] for p in prompts]
+    multi.shape = (len(prompts),)
+    picked["cond"] = multi
     if uncond is not None:
-        repeated["uncond"] = [uncond[0]] * batch
+        picked["uncond"] = [uncond[min(p, len(uncond) - 1)] for p in prompts]
     if torch.is_tensor(image_cond):
-        repeated["image_cond"] = image_cond[:1].expand((batch,) + tuple(image_cond.shape[1:]))
-    return repeated
+        rows = torch.tensor([min(p, len(image_cond) - 1) for p in prompts], device=image_cond.device)
+        picked["image_cond"] = image_cond[rows]
+    return picked
+
+
+def repeat_conditioning(extra_args: dict, batch: int) -> dict:
+    """WebUI's CFG denoiser arguments for ``batch`` samples of the first prompt."""
+    return conditioning_for(extra_args, [0] * batch)
 
 
 @contextlib.contextmanager
@@ -87,10 +96,12 @@ def fractional_steps(predictor):
         del predictor.timestep
 
 
-def run_in_webui(webui, body, *, prompt: str, negative_prompt: str, cfg: float, width: int, height: int,
+def run_in_webui(webui, body, *, prompt, negative_prompt: str, cfg: float, width: int, height: int,
                  seed: int, network=None, for_gradients: bool = False, override_settings: dict | None = None):
     """Call ``body(denoiser, device, facts)`` inside one WebUI txt2img processing run;
-    ``denoiser(x, sigma)`` is WebUI's CFG denoiser with the prompt's conditioning; facts holds
+    ``denoiser(x, sigma)`` is WebUI's CFG denoiser with the prompt's conditioning; ``prompt``
+    may be a list (one processing batch of them): the denoiser then takes ``prompt`` ([B]
+    indices into the list) and runs each sample with its own, all with the one negative prompt; facts holds
     the model's convention, sigma_min, sigma_max, its discrete sigma table (or None) and WebUI's
     k-diffusion wrapper of the model (what WebUI's schedules are given).
     for_gradients: leave inference mode and keep the weights of ``network()`` (a function: WebUI
@@ -108,7 +119,7 @@ def run_in_webui(webui, body, *, prompt: str, negative_prompt: str, cfg: float, 
                  else (contextlib.nullcontext(), torch.no_grad()))
         with modes[0], modes[1]:
             args = _ordinary(extra_args or {})
-            by_batch = {}  # the conditioning repeated for each batch size the fit uses
+            by_prompts = {}  # the conditioning for each arrangement of prompts in a batch
             # the network is asked for here: WebUI loads the checkpoint lazily, inside the processing
             net = network() if network is not None else None
             weights = frozen_weights(net) if for_gradients and net is not None else contextlib.nullcontext()
@@ -118,11 +129,11 @@ def run_in_webui(webui, body, *, prompt: str, negative_prompt: str, cfg: float, 
                          "sigma_min": float(wrapper.sigmas[0]), "sigma_max": float(wrapper.sigmas[-1]),
                          "table": table}
 
-                def denoiser(x, sigma, **_):
-                    batch = x.shape[0]
-                    if batch not in by_batch:
-                        by_batch[batch] = repeat_conditioning(args, batch)
-                    return model(x, sigma, **by_batch[batch])
+                def denoiser(x, sigma, prompt=None, **_):
+                    rows = (0,) * x.shape[0] if prompt is None else tuple(int(p) for p in prompt.tolist())
+                    if rows not in by_prompts:
+                        by_prompts[rows] = conditioning_for(args, rows)
+                    return model(x, sigma, **by_prompts[rows])
 
                 denoiser.sigma_convention = facts["convention"]
                 try:
@@ -142,7 +153,7 @@ def run_in_webui(webui, body, *, prompt: str, negative_prompt: str, cfg: float, 
         p = webui.processing.StableDiffusionProcessingTxt2Img(
             sd_model=webui.shared.sd_model, prompt=prompt, negative_prompt=negative_prompt, cfg_scale=float(cfg),
             width=int(width), height=int(height), steps=1, seed=int(seed), sampler_name=DRIVER, scheduler="Automatic",
-            batch_size=1, n_iter=1, do_not_save_samples=True, do_not_save_grid=True,
+            batch_size=len(prompt) if isinstance(prompt, list) else 1, n_iter=1, do_not_save_samples=True, do_not_save_grid=True,
             override_settings=dict(override_settings or {}))
         webui.processing.process_images(p)
     finally:
@@ -160,22 +171,33 @@ def run_in_webui(webui, body, *, prompt: str, negative_prompt: str, cfg: float, 
 REQUEST_SETTINGS = ("method", "base", "init_sigmas", "samples", "validation", "iterations", "batch_size",
                     "teacher_steps", "seed")
 MAX_PIXELS = 2048
+# prompts in one fit: WebUI encodes them as one processing batch
+MAX_PROMPTS = 64
 
 
 def parse_request(body: dict) -> dict:
     """The keyword arguments of ``distill_webui_model`` (and "name", the file name) from a
-    distill request's JSON fields: prompt, negative_prompt, cfg_scale, width, height, nfe ("4",
-    "4, 6" or [4, 6]), name, override_settings (WebUI settings for the run, as txt2img takes
+    distill request's JSON fields: prompt, prompt_list (more prompts: text with one per line, or
+    a list), negative_prompt, cfg_scale, width, height, nfe ("4", "4, 6" or [4, 6]), name, override_settings (WebUI settings for the run, as txt2img takes
     them: clip skip, emphasis, ...), memory (``memory.MEMORY_MODES``) and ``REQUEST_SETTINGS``. Raises ValueError naming the field and
     what it must be."""
     if not isinstance(body, dict):
         raise ValueError("the request must be a JSON object")
     known = {"prompt", "negative_prompt", "cfg_scale", "width", "height", "nfe", "name", "override_settings",
-             "memory", *REQUEST_SETTINGS}
+             "memory", "prompt_list", *REQUEST_SETTINGS}
     unknown = sorted(set(body) - known)
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(unknown)}; the fields are {', '.join(sorted(known))}")
     request = {"prompt": str(body.get("prompt", "")), "negative_prompt": str(body.get("negative_prompt", ""))}
+    listed = body.get("prompt_list") or []
+    if isinstance(listed, str):
+        listed = listed.splitlines()
+    if not isinstance(listed, list) or not all(isinstance(line, str) for line in listed):
+        raise ValueError("prompt_list must be text (one prompt per line) or a list of prompts")
+    request["more_prompts"] = [line.strip() for line in listed if line.strip()]
+    if len(request["more_prompts"]) >= MAX_PROMPTS:
+        raise ValueError(f"prompt_list may hold at most {MAX_PROMPTS - 1} prompts (the prompt is one more); "
+                         f"got {len(request['more_prompts'])}")
     overrides = body.get("override_settings") or {}
     if not isinstance(overrides, dict):
         raise ValueError("override_settings must be an object of WebUI settings, as in txt2img")
@@ -214,9 +236,11 @@ def error_advice(err: BaseException) -> str:
 
 def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: float = 7.0, width: int = 512,
                         height: int = 512, nfe=(4,), network=None, progress=None, cancel=None,
-                        provenance=None, override_settings: dict | None = None, memory: str = "auto", **settings):
+                        provenance=None, override_settings: dict | None = None, memory: str = "auto",
+                        more_prompts=(), **settings):
     """Distill a solver for the model WebUI has loaded, on its CFG denoiser with ``prompt``;
-    returns a ``LearnedSolver``. width, height: pixels (the latent is 4 x 1/8 of each).
+    returns a ``LearnedSolver``. more_prompts: further prompts; the fit then runs on ``prompt``
+    and these, holding every second one out of training (``distill``'s ``prompts``). width, height: pixels (the latent is 4 x 1/8 of each).
     network(): the model's network, whose weights stay out of autograd; provenance(): what the
     file records of the model (both functions, asked once the checkpoint is loaded). WebUI's
     own schedules for this model (``schedules.webui.host_schedules``) are scored with the
@@ -229,6 +253,7 @@ def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: f
     s = FitSettings().replace(**settings).check().replace(use_checkpoint=True)
     shape = (4, int(height) // 8, int(width) // 8)
     tables = {}
+    prompts = [prompt, *more_prompts]
 
     memory_plan(memory, 0)  # an unknown mode is refused before any work
 
@@ -247,12 +272,12 @@ def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: f
                                               dode_samples=plan["dode_samples"],
                                               micro_batch=settings.get("micro_batch", plan["micro_batch"])),
                            convention=facts["convention"], device=device, sigma_table=facts["table"], schedules=own,
-                           progress=progress, cancel=cancel,
+                           progress=progress, cancel=cancel, prompts=len(prompts) if len(prompts) > 1 else None,
                            provenance={"model": {"cfg": float(cfg), "resolution": list(shape),
                                                  "sigma_range": [low, high], **(provenance() if provenance else {})},
                                        "memory": plan["memory"]})
 
-    solver = run_in_webui(webui, fit, prompt=prompt, negative_prompt=negative_prompt, cfg=cfg, width=width,
+    solver = run_in_webui(webui, fit, prompt=prompts if len(prompts) > 1 else prompt, negative_prompt=negative_prompt, cfg=cfg, width=width,
                           height=height, seed=s.seed, network=network, for_gradients=True,
                           override_settings=override_settings)
     if tables.get("table") is not None:
@@ -264,5 +289,5 @@ def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: f
 
 
 __all__ = ["BASE_SOLVERS", "DRIVER", "MEMORY_MODES", "METHODS", "REQUEST_SETTINGS", "FitCancelled", "FitSettings",
-           "distill_webui_model", "error_advice", "frozen_weights", "parse_request", "repeat_conditioning",
+           "conditioning_for", "distill_webui_model", "error_advice", "frozen_weights", "parse_request", "repeat_conditioning",
            "run_in_webui"]

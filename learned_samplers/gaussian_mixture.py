@@ -208,7 +208,9 @@ class GuidedDenoiser:
     """Classifier-free guidance over a class-conditional ``GaussianMixtureDenoiser``, computed as
     ComfyUI's ``cfg_function`` does: ``uncond + cfg * (cond - uncond)`` on the denoised values
     (at cfg 1 the cond alone, as ComfyUI skips the uncond there). A k-diffusion denoiser
-    ``model(x [B, *shape], sigma [B] in VE units)``; extra keyword arguments are ignored. One
+    ``model(x [B, *shape], sigma [B] in VE units, prompt=None)``: ``prompt`` ([B] indices) runs
+    each sample with its own prompt instead of the one given here (``distill``'s ``prompts``);
+    other keyword arguments are ignored. One
     call is one sample-call however many of the mixture's components it weighs (a CFG pair counts
     as one, as in ``distill.cost``).
     """
@@ -227,8 +229,8 @@ class GuidedDenoiser:
         """A copy whose mixture is on another device and/or dtype."""
         return GuidedDenoiser(self.mixture.to(device, dtype), self.prompt, self.cfg)
 
-    def __call__(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
-        cond, uncond = self.mixture.denoise_pair(x, sigma, self.prompt)
+    def __call__(self, x: torch.Tensor, sigma, prompt=None, **kwargs) -> torch.Tensor:
+        cond, uncond = self.mixture.denoise_pair(x, sigma, self.prompt if prompt is None else prompt)
         return cond if self.cfg == 1.0 else uncond + self.cfg * (cond - uncond)
 
 

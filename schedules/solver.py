@@ -233,6 +233,14 @@ class LearnedSolver:
         return sample_learned(model, x, self.sigmas(nfe).to(x.device), extra_args, callback, disable,
                               **self.sampler_options(nfe))
 
+    def _prompts_line(self, held: dict, floor: dict) -> str:
+        """The validation error on the prompts fitted on and on the prompts held out of the fit."""
+        trained, unseen = _prompt_counts(self.provenance)
+        nan = float("nan")
+        return (f"     on the {trained} it was fitted on: mean {held.get('training_prompts', nan):.4f} (pair "
+                f"{floor.get('training_prompts', nan):.4f}); on the {unseen} it never saw: mean "
+                f"{held.get('held_out_prompts', nan):.4f} (pair {floor.get('held_out_prompts', nan):.4f})")
+
     def summary(self) -> str:
         """Per NFE, on the validation seeds: what was returned, its per-sample error to the teacher
         (mean, median, p95) against the best built-in pair's, and the ratio of the means; then
@@ -255,6 +263,8 @@ class LearnedSolver:
                              f"90% interval {held.get('ratio_low', float('nan')):.2f}..{held.get('ratio_high', float('nan')):.2f}")
             if fit.method == "builtin":
                 lines.append(f"     no learned solver beat {pair} here, so this NFE is that pair as it is")
+            if "held_out_prompts" in held:
+                lines.append(self._prompts_line(held, floor))
             start = fit.start or {}
             if start and (start.get("base"), start.get("schedule")) != (floor.get("base"), floor.get("schedule")):
                 where = " (the grid read off the teacher's trajectories)" if start.get("schedule") == "trajectory" else ""
@@ -283,6 +293,16 @@ class LearnedSolver:
         if isinstance(cost.get("calls"), dict):
             lines.append(f"in all: {calls_text(cost['calls'])}, {float(self.provenance.get('seconds', 0)):.0f} s")
         return "\n".join(lines)
+
+
+def _prompt_counts(provenance: dict) -> tuple:
+    """("2 prompts", "1 prompt"): how many prompts a fit trained on and held out."""
+    prompts = provenance.get("prompts") if isinstance(provenance.get("prompts"), dict) else {}
+
+    def text(count):
+        return "prompts" if not isinstance(count, int) else f"{count} prompt{'' if count == 1 else 's'}"
+
+    return text(prompts.get("training")), text(prompts.get("held_out"))
 
 
 def calls_text(calls: dict) -> str:

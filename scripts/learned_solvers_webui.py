@@ -138,7 +138,9 @@ script_callbacks.on_after_component(_remember_menu)
 
 # the tab's inputs: (request field, label, default); numbers are whole unless their default is not
 DEFAULTS = fitting.FitSettings()
-TAB_FIELDS = (("prompt", "Prompt", ""), ("negative_prompt", "Negative prompt", ""), ("cfg_scale", "CFG scale", 7.0),
+TAB_FIELDS = (("prompt", "Prompt", ""),
+              ("prompt_list", "More prompts (one per line)", ""),
+              ("negative_prompt", "Negative prompt", ""), ("cfg_scale", "CFG scale", 7.0),
               ("width", "Width", 512), ("height", "Height", 512), ("nfe", "NFE (steps; several as 4, 6)", "4"),
               ("method", "Method", "auto"), ("base", "Base solver", "auto"), ("memory", "Memory", "auto"),
               ("samples", "Training samples", DEFAULTS.samples), ("validation", "Validation samples", DEFAULTS.validation),
@@ -146,6 +148,8 @@ TAB_FIELDS = (("prompt", "Prompt", ""), ("negative_prompt", "Negative prompt", "
               ("seed", "Seed", DEFAULTS.seed), ("name", "File name (in models/learned_solvers)", ""))
 
 
+PLACEHOLDERS = {"prompt_list": "For a file that serves the whole model: the fit runs on the prompt and these, "
+                               "trains on every second one and checks itself on the others (same cost)"}
 MENU_CHOICES = {"method": list(fitting.METHODS), "base": ["auto", *fitting.BASE_SOLVERS],
                 "memory": list(fitting.MEMORY_MODES)}
 
@@ -163,8 +167,9 @@ def _tab():
             with gr.Column():
                 inputs = []
                 for key, label, default in TAB_FIELDS:
-                    if key in ("prompt", "negative_prompt"):
-                        inputs.append(gr.Textbox(label=label, value=default, lines=2))
+                    if key in ("prompt", "prompt_list", "negative_prompt"):
+                        inputs.append(gr.Textbox(label=label, value=default, lines=2,
+                                                 placeholder=PLACEHOLDERS.get(key)))
                     elif key in MENU_CHOICES:
                         inputs.append(gr.Dropdown(label=label, choices=MENU_CHOICES[key], value=default))
                     elif isinstance(default, str):

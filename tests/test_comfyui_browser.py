@@ -266,6 +266,9 @@ def test_distill_then_sample_runs_from_the_run_button(page, server):
         raise TimeoutError(f"the workflow did not finish in {PROMPT_TIMEOUT} s")
     (entry,) = server.get("/history").values()
     assert entry["status"]["status_str"] == "success", entry["status"]
+    # the template's prompt list (the positive and two lines): fitted on two, checked on the third
+    distill_text = "".join(entry["outputs"][str(distill_id)]["text"])
+    assert "on the 2 prompts it was fitted on" in distill_text and "on the 1 prompt it never saw" in distill_text
     progress = page.evaluate("clearInterval(window.__progressTimer), window.__progress")
     assert len(progress) >= 3 and 0 <= min(progress) < max(progress) <= 1, progress
 

@@ -43,7 +43,10 @@ def few_validation_seeds(pack, monkeypatch):
             defaults = dict(module.distill_model.__kwdefaults__, validation=8)
             monkeypatch.setattr(module.distill_model, "__kwdefaults__", defaults)
     execute = pack["LSDistillSampler"].execute.__func__  # the node's own default for its optional input
-    monkeypatch.setattr(execute, "__defaults__", execute.__defaults__[:-1] + (8,))
+    names = execute.__code__.co_varnames[:execute.__code__.co_argcount]
+    defaults = list(execute.__defaults__)
+    defaults[names.index("validation") - (len(names) - len(defaults))] = 8
+    monkeypatch.setattr(execute, "__defaults__", tuple(defaults))
 
 
 @pytest.fixture()
@@ -125,6 +128,54 @@ def test_distill_node_fits_saves_and_leaves_the_model_alone(pack, models_dir, ki
     assert name in comfy.samplers.SCHEDULER_NAMES
     sampling = model.get_model_object("model_sampling")
     torch.testing.assert_close(comfy.samplers.calculate_sigmas(sampling, name, 4), solver.sigmas(4).float())
+
+
+class FakeClip:
+    """A CLIP for the tiny models: each prompt's text gives its own conditioning (seeded by the text)."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, text):
+        return tiny_conditioning(seed=sum(map(ord, text)))[0]
+
+
+def test_each_sample_runs_with_its_own_prompt():
+    from learned_solvers.distill.comfyui import run_guided
+
+    model = tiny_model("eps")
+    positive, negative = tiny_conditioning()
+    other = tiny_conditioning(seed=5)[0]
+    x = 3.0 * torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma = torch.full((4,), 3.0)
+
+    def denoise(**kwargs):
+        return lambda denoiser, device: denoiser(x.to(device), sigma.to(device), **kwargs).cpu()
+
+    mixed = run_guided(model, positive, negative, 3.0, (4, 8, 8), 0, denoise(prompt=torch.tensor([0, 1, 1, 0])),
+                       more_prompts=[other])
+    alone = run_guided(model, positive, negative, 3.0, (4, 8, 8), 0, denoise())
+    with_other = run_guided(model, other, negative, 3.0, (4, 8, 8), 0, denoise())
+    assert not torch.allclose(alone, with_other)
+    torch.testing.assert_close(mixed, torch.stack([alone[0], with_other[1], with_other[2], alone[3]]))
+
+
+def test_a_prompt_list_fits_on_every_prompt_and_reports_the_unseen_ones(pack, models_dir):
+    model = tiny_model("eps")
+    positive, negative = tiny_conditioning()
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    out = run(pack["LSDistillSampler"], model=model, positive=positive, negative=negative, latent_image=latent,
+              filename="several", clip=FakeClip(), prompt_list="a red fox\n\n  a blue whale  \n",
+              **{**SMALL, "nfe": "4"})
+    solver = out.result[0]
+    assert solver.provenance["prompts"] == {"count": 3, "training": 2, "held_out": 1}
+    text = out.ui.value
+    assert "on the 2 prompts it was fitted on" in text and "on the 1 prompt it never saw" in text
+    metadata = read_metadata(str(models_dir / "several.safetensors"))
+    assert '"held_out": 1' in metadata["provenance"] and "fox" not in str(metadata)
+    with pytest.raises(ValueError, match="needs a CLIP"):
+        run(pack["LSDistillSampler"], model=model, positive=positive, negative=negative, latent_image=latent,
+            filename="", prompt_list="a red fox", **SMALL)
 
 
 def test_learned_sampler_samples_through_the_core_sampling_path(pack, models_dir):

@@ -133,3 +133,34 @@ def test_a_file_for_another_model_family_is_refused_in_the_error_dialog(server):
     error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
     assert error["node_type"] == "LSLearnedSigmas"
     assert "fitted for a flow model" in error["exception_message"], error["exception_message"]
+
+
+def test_a_prompt_list_is_encoded_fitted_on_and_reported_through_the_prompt_route(server):
+    from comfyui_env import import_comfyui
+
+    import_comfyui()
+    from comfyui_models import write_tiny_sd15_checkpoint
+
+    from learned_solvers.schedules import load_learned_solver
+
+    checkpoints = server.base / "models" / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    write_tiny_sd15_checkpoint(checkpoints / "tiny_sd15.safetensors")
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a lighthouse"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "LSDistillSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "cfg": 5.0,
+            "nfe": "4", "method": "auto", "base": "dpmpp_2m", "teacher_steps": 8, "samples": 4, "iterations": 4,
+            "seed": 0, "filename": "several_prompts", "validation": 4, "clip": ["1", 1],
+            "prompt_list": "a harbour at dawn\na portrait of a sailor"}},
+    }
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    text = "".join(entry["outputs"]["5"]["text"])
+    assert "on the 2 prompts it was fitted on" in text and "on the 1 prompt it never saw" in text
+    solver = load_learned_solver(str(server.base / "models" / "learned_solvers" / "several_prompts.safetensors"))
+    assert solver.provenance["prompts"] == {"count": 3, "training": 2, "held_out": 1}
+    assert "harbour" not in json.dumps(solver.provenance)

@@ -180,6 +180,16 @@ def test_one_prompts_conditioning_is_repeated_for_a_batch_and_copied_out_of_infe
     assert len(copied["cond"].batch) == 1  # repeating makes a new object
 
 
+def test_each_sample_gets_its_own_prompts_conditioning():
+    cond = Multicond((3,), [["a cat"], ["a dog"], ["a fox"]])
+    args = {"cond": cond, "uncond": [["no"], ["no"], ["no"]], "image_cond": torch.arange(3.0).reshape(3, 1),
+            "cond_scale": 5.0}
+    picked = fitting.conditioning_for(args, [2, 0, 2, 1])
+    assert picked["cond"].batch == [["a fox"], ["a cat"], ["a fox"], ["a dog"]] and picked["cond"].shape == (4,)
+    assert len(picked["uncond"]) == 4 and picked["image_cond"].flatten().tolist() == [2.0, 0.0, 2.0, 1.0]
+    assert cond.batch == [["a cat"], ["a dog"], ["a fox"]]
+
+
 def test_the_weights_stay_out_of_autograd_during_the_fit_and_come_back_as_they_were():
     network = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
     network[1].weight.requires_grad_(False)
@@ -240,10 +250,13 @@ def fake_processing(cfg_model):
         seen["fields"] = p.fields
         data = host.sd_samplers.all_samplers_map[p.fields["sampler_name"]]
         sampler = data.constructor(cfg_model)
+        prompts = p.fields["prompt"] if isinstance(p.fields["prompt"], list) else [p.fields["prompt"]]
+        assert p.fields["batch_size"] == len(prompts)
         with torch.inference_mode():
-            x = torch.zeros(1, 4, 8, 8)
-            extra = {"cond": Multicond((1,), [["prompt"]]), "uncond": [["negative"]], "image_cond": None,
-                     "cond_scale": 5.0, "s_min_uncond": 0.0}
+            x = torch.zeros(len(prompts), 4, 8, 8)
+            extra = {"cond": Multicond((len(prompts),), [[prompt] for prompt in prompts]),
+                     "uncond": [["negative"]] * len(prompts), "image_cond": None, "cond_scale": 5.0,
+                     "s_min_uncond": 0.0}
             try:
                 out = sampler.func(sampler.model, x, torch.tensor([14.6, 0.0]), extra)
             except InterruptedException:
@@ -285,6 +298,28 @@ def test_the_fit_runs_on_webuis_cfg_denoiser_outside_inference_mode_and_the_driv
     assert all(data.name != fitting.DRIVER for data in host.sd_samplers.all_samplers)
 
 
+def test_a_list_of_prompts_is_one_processing_batch_and_each_sample_runs_with_its_own():
+    model = CFGModel()
+    seen_conds = []
+    model_call = model.__call__
+
+    def recording(x, sigma, cond, **kwargs):
+        seen_conds.append(list(cond.batch))
+        return model_call(x, sigma, cond, **kwargs)
+
+    host, seen = fake_processing(recording)
+    recording.inner_model = model.inner_model
+
+    def body(denoiser, device, facts):
+        denoiser(torch.ones(3, 4, 8, 8), torch.full((3,), 2.0), prompt=torch.tensor([1, 0, 1]))
+        denoiser(torch.ones(2, 4, 8, 8), torch.full((2,), 2.0))
+
+    fitting.run_in_webui(host, body, prompt=["a cat", "a dog"], negative_prompt="", cfg=5, width=64, height=64,
+                         seed=1)
+    assert seen_conds == [[["a dog"], ["a cat"], ["a dog"]], [["a cat"], ["a cat"]]]
+    assert seen["out_shape"] == (2, 4, 8, 8)
+
+
 def test_an_interrupt_or_a_failure_inside_the_fit_lets_webui_finish_and_is_raised_after():
     host, seen = fake_processing(CFGModel(interrupt_after=1))
 
@@ -310,8 +345,10 @@ def test_a_distill_request_is_checked_before_any_work():
                                      "override_settings": {"CLIP_stop_at_last_layers": 2}})
     assert request["nfe"] == [4, 6] and request["cfg"] == 6.0 and request["name"] == "webui_nfe4_6"
     assert request["override_settings"] == {"CLIP_stop_at_last_layers": 2} and request["iterations"] == 10
-    assert request["memory"] == "auto"
-    for body, words in (({"nfe": "0"}, "between 2"), ({"height": 4000}, "multiple of 8"), ({"steps": 3}, "unknown"),
+    assert request["memory"] == "auto" and request["more_prompts"] == []
+    assert fitting.parse_request({"prompt_list": "a dog\n\n  a fox \n"})["more_prompts"] == ["a dog", "a fox"]
+    assert fitting.parse_request({"prompt_list": ["a dog", " "]})["more_prompts"] == ["a dog"]
+    for body, words in (({"prompt_list": [1]}, "prompt_list must be"), ({"prompt_list": "x\n" * 64}, "at most 63"),({"nfe": "0"}, "between 2"), ({"height": 4000}, "multiple of 8"), ({"steps": 3}, "unknown"),
                         ({"iterations": 0}, "at least 1"), ({"method": "magic"}, "unknown method"),
                         ({"cfg_scale": "x"}, "cfg_scale"), ({"override_settings": [1]}, "override_settings"),
                         ({"memory": "lots"}, "memory must be one of")):

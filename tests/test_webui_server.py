@@ -141,6 +141,17 @@ def test_the_distill_route_fits_the_loaded_checkpoint_saves_a_file_and_lists_it_
     assert server.last_latent()["digest"] == before["digest"]
 
 
+def test_the_distill_route_fits_on_a_prompt_list_and_reports_the_prompts_it_never_saw(server):
+    from learned_solvers.schedules.files import load_learned_solver
+
+    answer = server.post("/learned-solvers/v1/distill", {**TINY_FIT, "validation": 4, "name": "several prompts",
+                                                         "prompt_list": "a harbour at dawn\na portrait of a sailor"})
+    assert "on the 2 prompts it was fitted on" in answer["summary"] and "on the 1 prompt it never saw" in answer["summary"]
+    solver = load_learned_solver(answer["file"])
+    assert solver.provenance["prompts"] == {"count": 3, "training": 2, "held_out": 1}
+    assert "harbour" not in str(solver.provenance)
+
+
 def test_a_fit_with_every_block_recomputed_runs_on_forges_unet(server):
     import json
 
@@ -206,6 +217,6 @@ def test_the_learned_solvers_tab_is_on_the_web_page_with_the_distill_options(tmp
         forge.stop()
     tabs = [props.get("label") for props in components if props.get("label") == "Learned Solvers"]
     labels = {props.get("label") for props in components}
-    assert tabs and {"Prompt", "Negative prompt", "CFG scale", "NFE (steps; several as 4, 6)", "Method",
+    assert tabs and {"Prompt", "More prompts (one per line)", "Negative prompt", "CFG scale", "NFE (steps; several as 4, 6)", "Method",
                      "Iterations", "Teacher steps", "Learned grid against the built-ins"} <= labels
     assert any(props.get("value") == "Fit for the loaded checkpoint" for props in components)
