@@ -124,8 +124,7 @@ def main(argv=None):
             per_prompt[label] = errors
         for label, errors in per_prompt.items():
             means = " ".join(f"{float(errors[prompt_of == p].mean()):.3f}" for p in range(args.prompts))
-            print(f"     mean per prompt 0-{args.prompts - 1}, {label}{' (last seed)' if label != 'pair' else ''}: "
-                  f"{means}")
+            print(f"     mean per prompt 0-{args.prompts - 1}, {label}: {means}")
         if len(args.seeds) > 1:
             means = {label: torch.tensor(rows, dtype=torch.float64).mean(0) for label, rows in over_seeds.items()}
             print(f"     over {len(args.seeds)} seeds, trained / held-out / ratio: " + "; ".join(

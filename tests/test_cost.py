@@ -1,5 +1,5 @@
 """What a fit costs: the model calls it reports are the calls the model saw, its plan is the
-README's formula, and its estimate of the time left follows its own measured pace."""
+formula in docs/how-it-works.md, and its estimate of the time left follows its own measured pace."""
 
 import math
 

@@ -87,7 +87,7 @@ def test_the_package_metadata_declares_nothing_empty_or_made_up():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert isinstance(project["project"]["license"], str)  # an SPDX expression, not the whole text
     assert all(value != "" for value in project["tool"]["comfy"].values())
-    assert "urls" not in project["project"]  # added when published (README: Publishing), never a placeholder
+    assert "urls" not in project["project"]  # added when published (docs/development.md: Publishing), never a placeholder
 
 
 def test_the_root_file_imports_on_its_own_as_pytest_imports_a_checkout_in_an_odd_folder():

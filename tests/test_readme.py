@@ -1,14 +1,44 @@
-"""The README's Python API example runs as written."""
+"""The README is a short front door whose links all lead somewhere, and the docs' examples run
+as written: the Python API example and the file commands."""
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+
+
+def test_the_readme_is_short_and_every_file_it_links_exists():
+    text = README.read_text()
+    assert len(text) <= 20_000
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if not re.match(r"[a-z]+://", t)]
+    assert {"docs/how-it-works.md", "docs/benchmarks.md", "docs/webui.md", "docs/files.md",
+            "docs/development.md"} <= set(local)
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert missing == []
+
+
+def test_every_link_between_the_docs_leads_to_a_file():
+    for doc in DOCS.glob("*.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if not re.match(r"[a-z]+://", target):
+                assert (doc.parent / target).exists(), f"{doc.name} links {target}"
+
+
+def test_the_readmes_commands_are_ones_the_command_line_takes():
+    from learned_solvers.__main__ import build_parser
+
+    commands = re.findall(r"^python -m learned_solvers (\S+.*?)(?:\s+#.*)?$", README.read_text(), re.M)
+    assert commands
+    for command in commands:
+        build_parser().parse_args(command.split())
 
 
 def test_python_api_example_runs():
-    text = README.read_text()
-    section = text[text.index("## Python API"):]
+    text = (DOCS / "python-api.md").read_text()
+    section = text
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
@@ -25,16 +55,15 @@ def test_python_api_example_runs():
 
 
 def test_file_commands_run_on_the_shipped_preset(tmp_path, monkeypatch, capsys):
-    """inspect, validate and export as the README shows them, from the repository root."""
+    """inspect, validate and export as docs/files.md shows them, from the repository root."""
     import glob
     import os
     import shlex
 
     from learned_solvers.__main__ import main
 
-    root = README.parent
-    monkeypatch.chdir(root)
-    section = README.read_text().split("## Learned-solver files and sharing")[1].split("\n## ")[0]
+    monkeypatch.chdir(ROOT)
+    section = (DOCS / "files.md").read_text()
     commands = [line for line in re.findall(r"^python -m learned_solvers (.*)$", section, re.M)
                 if line.split()[0] in ("inspect", "validate", "export")]
     assert {c.split()[0] for c in commands} == {"inspect", "validate", "export"}
