@@ -166,7 +166,7 @@ def base_tables(sigmas: torch.Tensor, base: str, convention: str, corrector: boo
                     d2 = (d1_0 - d1_1) / (r0 + r1)
                     # d2 ~ h^2 D''/2, whose exact weight is int_0^h e^-u (h-u)^2 du / h^2 =
                     # 2 * (1/2 - phi_2/h): twice k-diffusion's phi_3. With the reference's single
-                    # phi_3 the step is only second order (see docs/how-it-works.md, "DPM-Solver++ 3M").
+                    # phi_3 the step is only second order (see docs/how-it-works.md, "DPM++ 3M").
                     phi_3 = 2 * (0.5 - phi_2 / h)
                     update = a_next * (phi_2 * d1 + phi_3 * d2)
                 d_row = list(update + _pad([scale], 3, h))
