@@ -385,11 +385,39 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     return best, best_score, params, log
 
 
+def fit_alternating(model, teacher, init: FittedSteps, train, validation, setup: SolverSetup, settings: FitSettings,
+                    *, step_offset: int = 0, **gradient) -> tuple:
+    """S4S-Alt: ``fit_gradient`` in 2 x ``settings.rounds`` blocks that alternate the
+    coefficients and the grid (with the offsets where ``settings.decoupled``), each from the
+    previous block's best, the iterations split evenly (the last block takes the rest).
+    Returns (the last block's best FittedSteps, keeping every block learned so far; the log of
+    all blocks). ``gradient``: ``fit_gradient``'s other keywords (seed, progress, ...)."""
+    params = StudentParameters(init, setup.convention, settings.history, setup.corrector, setup.sigma_range[0])
+    blocks = [{"coefficients"}, {"grid"} | ({"offsets"} if settings.decoupled else set())]
+    log = {"losses": [], "validation": [], "rejected": 0}
+    done, learned = 0, set()
+    chunk = max(1, settings.iterations // (2 * settings.rounds))
+    for round_index in range(2 * settings.rounds):
+        block = blocks[round_index % 2]
+        learned |= block
+        length = chunk if round_index < 2 * settings.rounds - 1 else settings.iterations - done
+        best, _, params, part = fit_gradient(model, teacher, init, block, train, validation, setup, settings,
+                                             method="s4s_alt", iterations=length, params=params, keep=set(learned),
+                                             step_offset=step_offset + done, **gradient)
+        done += length
+        log["losses"] += part["losses"]
+        log["validation"] += part["validation"]
+        log["rejected"] += part["rejected"]
+        log["best_errors"] = part["best_errors"]
+    return best, log
+
+
 __all__ = [
     "FitCancelled",
     "FitDiverged",
     "StudentParameters",
     "autocast_model",
+    "fit_alternating",
     "fit_gradient",
     "fit_corrections",
     "fit_step_scales",

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -16,7 +17,7 @@ from ..version import __version__
 from ..learned_samplers import BASE_SOLVERS, resolve_convention
 from ..schedules import builtin_schedules, uniform
 from .cost import CallCounter, TimeLeft, fit_calls, planned_calls
-from .fit import (CAP_FACTOR, StudentParameters, autocast_model, fit_corrections, fit_gradient, fit_step_scales,
+from .fit import (CAP_FACTOR, autocast_model, fit_alternating, fit_corrections, fit_gradient, fit_step_scales,
                   start_noise_scale)
 from .scoring import (builtin_pairs, diverged, error_summary, mean_error, no_worse_tail, overall_rmse,
                       per_sample_errors, ratio_interval, score_pairs, typical_error)
@@ -149,6 +150,98 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     ``CORRECTION_SAMPLES`` training samples (``trajectory.StepCosts.states_at``).
     """
     s = (settings or FitSettings()).replace(**changes).check()
+    nfes = _checked_nfes(nfe, sigma_min, sigma_max)
+    convention = resolve_convention(model, convention)
+    if s.use_checkpoint == "auto":
+        has_weights = isinstance(model, torch.nn.Module) and any(True for _ in model.parameters())
+        s = s.replace(use_checkpoint=has_weights or torch.device(device).type != "cpu")
+    model, split = _with_prompts(model, prompts, convention)
+    began = time.perf_counter()
+    count = s.samples + s.validation
+    if start is None:
+        start = start_states(shape, count, sigma_max, convention, s.seed, device)
+    elif start.shape[0] != count:
+        raise ValueError(f"start has {start.shape[0]} samples; it must hold samples + validation = {count}")
+    run = _new_run(model, s, convention, (float(sigma_min), float(sigma_max)), split, extra_args, device, progress,
+                   cancel)
+    candidates_by_name = candidate_schedules(s.init_sigmas, sigma_min, sigma_max, convention, sigma_table, schedules)
+    pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, run.bases, sigma_min, sigma_max, convention) for n in nfes}
+    _plan(run, pairs_by_nfe, len(nfes))
+    first_round, early_calls = _teach(run, start, pairs_by_nfe[nfes[-1]], teacher_model)
+    _prepare_fits(run, shape, start)
+    fits = {}
+    for index, n in enumerate(nfes):
+        fits[n] = _fit_nfe(run, n, pairs_by_nfe[n], first_round if n == nfes[-1] else None, index)
+        if n == nfes[-1] and early_calls:  # the largest NFE's first floor round ran during the teacher
+            fits[n].model_calls = {kind: calls + early_calls[kind] for kind, calls in fits[n].model_calls.items()}
+    provenance = {
+        "teacher": run.teacher.report(), "samples": s.samples, "validation": s.validation, "seed": s.seed,
+        "iterations": s.iterations, "loss": s.loss, "slack": s.slack, "shape": list(shape),
+        "seconds": round(time.perf_counter() - began, 3), "package_version": __version__,
+        "cost": {**run.counter.report(), "planned": dict(run.time_left.planned)},
+        **({"prompts": split.report()} if split else {}),
+        **(provenance or {}),
+    }
+    first = fits[nfes[0]]
+    return LearnedSolver(base=first.base, convention=convention, corrector=first.corrector, method=s.method,
+                         sigma_range=run.sigma_range, fits=fits, provenance=provenance)
+
+
+@dataclass
+class ScoredPair:
+    """A base solver on a grid with its per-sample errors to the teacher: a built-in pair, a
+    trajectory pair, a fit's start or the fit itself. errors [V]: on the validation seeds;
+    train_errors: on the training seeds it was ranked on (empty for a fit)."""
+
+    base: str
+    schedule: str
+    fit: FittedSteps
+    errors: torch.Tensor
+    setup: SolverSetup
+    train_errors: torch.Tensor
+
+
+@dataclass
+class FitRun:
+    """What the steps of one ``distill`` share: the counted model and its settings, the teacher
+    and the seeds it settled, the progress count and the time-left plan."""
+
+    counter: CallCounter
+    settings: FitSettings
+    convention: str
+    sigma_range: tuple
+    shared: SolverSetup  # its extra_args hold one row per start state where there are prompts
+    bases: list
+    time_left: TimeLeft
+    progress: Any
+    cancel: Any
+    step_costs: StepCosts | None
+    kept: int  # training seeds whose teacher trajectories are kept for the closed form
+    split: PromptSplit | None
+    assignment: torch.Tensor | None
+    teacher: Any = None
+    train: torch.Tensor | None = None
+    held: torch.Tensor | None = None
+    screen: torch.Tensor | None = None
+    screen_args: dict | None = None
+    largest_result: float = 0.0
+    teacher_batches: int = 0
+    iterations: int = 0  # every fit's iterations, as the progress counts them
+    total: int = 0  # progress steps: teacher batches, then every fit's iterations
+    steps_done: int = 0
+
+    @property
+    def own_grids(self) -> bool:
+        """Whether the grid read off the teacher's trajectories is scored as a start."""
+        return self.step_costs is not None and self.settings.init_sigmas == "auto"
+
+    def report(self, step, total, loss, held_out):
+        if self.progress is not None:
+            self.progress(step, total, loss, held_out, self.time_left.seconds())
+
+
+def _checked_nfes(nfe, sigma_min: float, sigma_max: float) -> list:
+    """The step counts asked for, sorted, once each; a clear error where a fit cannot serve them."""
     nfes = sorted({int(n) for n in ([nfe] if isinstance(nfe, int) else nfe)})
     if not nfes or nfes[0] < 2:
         raise ValueError(f"NFE must be at least 2 for a learned solver; got {nfes}")
@@ -156,243 +249,251 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         raise ValueError(f"NFE must be at most {MAX_NFE} for a learned solver (a few-step sampler); got {nfes}")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max; got {sigma_min} and {sigma_max}")
-    convention = resolve_convention(model, convention)
-    if s.use_checkpoint == "auto":
-        has_weights = isinstance(model, torch.nn.Module) and any(True for _ in model.parameters())
-        s = s.replace(use_checkpoint=has_weights or torch.device(device).type != "cpu")
-    model, split = _with_prompts(model, prompts, convention)
-    began = time.perf_counter()
+    return nfes
+
+
+def _new_run(model, s: FitSettings, convention: str, sigma_range: tuple, split, extra_args, device, progress,
+             cancel) -> FitRun:
+    """The run's shared state before the teacher: the counted model, the bases, the prompts'
+    per-sample keyword and the trajectory recorder."""
     counter = CallCounter(autocast_model(model, s.dtype))
-    call = counter
-    time_left = TimeLeft(counter, checkpoint=bool(s.use_checkpoint))
-    candidates_by_name = candidate_schedules(s.init_sigmas, sigma_min, sigma_max, convention, sigma_table, schedules)
     bases = list(BASE_SOLVERS) if s.base == "auto" else [s.base]
     count = s.samples + s.validation
-    if start is None:
-        start = start_states(shape, count, sigma_max, convention, s.seed, device)
-    elif start.shape[0] != count:
-        raise ValueError(f"start has {start.shape[0]} samples; it must hold samples + validation = {count}")
     assignment = assign_prompts(split, s.samples, s.validation) if split else None
     extra_args = {**(extra_args or {}), "prompt": PerSample(assignment)} if split else extra_args
-    method = s.method
-    sigma_range = (float(sigma_min), float(sigma_max))
-    pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, bases, sigma_min, sigma_max, convention) for n in nfes}
+    shared = SolverSetup(base=bases[0], convention=convention, corrector=bases[0].startswith("unipc"),
+                         sigma_range=sigma_range, extra_args=extra_args, device=device)
     # with init_sigmas "auto" the teacher's trajectories also give a start: its grid is scored
     # with each base as one more candidate (never as the floor); where the fit learns
     # coefficients, the trajectories of a few training samples are kept for their first guess
-    fits_coefficients = method in ("auto", "s4s")
+    fits_coefficients = s.method in ("auto", "s4s")
     trajectories = s.init_sigmas == "auto" or fits_coefficients
     # they go through the model at once: no more than a closed form may put there (dode_samples)
     kept = min(CORRECTION_SAMPLES, s.samples, s.dode_samples or CORRECTION_SAMPLES) if fits_coefficients else 0
     step_costs = StepCosts(torch.arange(count) < s.samples, keep=kept, convention=convention) if trajectories else None
-    own_grids = step_costs is not None and s.init_sigmas == "auto"
+    return FitRun(counter=counter, settings=s, convention=convention, sigma_range=sigma_range, shared=shared,
+                  bases=bases, time_left=TimeLeft(counter, checkpoint=bool(s.use_checkpoint)), progress=progress,
+                  cancel=cancel, step_costs=step_costs, kept=kept, split=split, assignment=assignment)
+
+
+def _plan(run: FitRun, pairs_by_nfe: dict, nfes: int):
+    """Every NFE's planned calls after the teacher into the time-left estimate, and the
+    progress count's first total (teacher batches at both first levels, every iteration)."""
+    s = run.settings
     for n, pairs in pairs_by_nfe.items():
         if not pairs:
             raise ValueError(f"no schedule gives a valid {n}-step grid on this model's range")
-        starts = len(bases) if own_grids else 0
         plan = planned_calls(nfe=n, samples=s.samples, validation=s.validation, pairs=len(pairs),
-                             own_pairs=starts, corrections=kept, iterations=s.iterations, batch_size=s.batch_size,
-                             validate_every=s.validate_every, checkpoint=bool(s.use_checkpoint),
-                             teacher_steps=s.teacher_steps, gradient_fit=method != "dode", probes=FLOOR_PROBES,
-                             shortlist=FLOOR_SHORTLIST, finalists=FLOOR_FINALISTS, screen=SCREEN_SAMPLES)
+                             own_pairs=len(run.bases) if run.own_grids else 0, corrections=run.kept,
+                             iterations=s.iterations, batch_size=s.batch_size, validate_every=s.validate_every,
+                             checkpoint=bool(s.use_checkpoint), teacher_steps=s.teacher_steps,
+                             gradient_fit=s.method != "dode", probes=FLOOR_PROBES, shortlist=FLOOR_SHORTLIST,
+                             finalists=FLOOR_FINALISTS, screen=SCREEN_SAMPLES)
         for kind, calls in plan.items():
-            time_left.plan(kind, calls)
-    iterations_total = len(nfes) if method == "dode" else s.iterations * len(nfes)
-    state = {"teacher_total": 3 * -(-count // s.inference_batch_size)}
+            run.time_left.plan(kind, calls)
+    run.iterations = nfes if s.method == "dode" else s.iterations * nfes
+    run.teacher_batches = 3 * -(-(s.samples + s.validation) // s.inference_batch_size)
+    run.total = run.teacher_batches + run.iterations
 
-    def report(step, total, loss, held_out):
-        if progress is not None:
-            progress(step, total, loss, held_out, time_left.seconds())
+
+def _teach(run: FitRun, start: torch.Tensor, largest_pairs: list, teacher_model) -> tuple:
+    """The refined teacher into ``run.teacher``; returns (the largest NFE's first floor round, or
+    None where a probe seed was refined or left out, and that round's calls, or None).
+
+    With teacher_tolerance "auto" the first floor round runs on the teacher's first results,
+    before any seed is refined, and sets the tolerance (``teacher_tolerance``)."""
+    s, counter = run.settings, run.counter
+    teacher_call = None if teacher_model is None else autocast_model(teacher_model, s.dtype)
+    student_call = counter.model
+    probes = torch.arange(min(FLOOR_PROBES[0], s.samples))
+    early = {}
+    tolerance = s.teacher_tolerance
 
     def teacher_progress(done, total):
-        state["teacher_total"] = total
-        report(done, total + iterations_total, float("nan"), float("nan"))
+        run.teacher_batches = total
+        run.report(done, total + run.iterations, float("nan"), float("nan"))
 
-    teacher_call = None if teacher_model is None else autocast_model(teacher_model, s.dtype)
-    shared = SolverSetup(base=bases[0], convention=convention, corrector=bases[0].startswith("unipc"),
-                         sigma_range=sigma_range, extra_args=extra_args, device=device)
-    probes = torch.arange(min(FLOOR_PROBES[0], s.samples))
-    early = {}  # the largest NFE's first floor round, scored against the teacher's first results
-    tolerance = s.teacher_tolerance
-    student_call = counter.model
     if tolerance == "auto":
         def tolerance(final):
             first = FirstResults(start=start, final=final)
             mark = counter.report()["calls"]
             with counter.phase("floor"), counter.using(student_call if teacher_call is not None else None):
-                early["first_round"] = score_pairs(call, first, probes, pairs_by_nfe[nfes[-1]], shared,
+                early["first_round"] = score_pairs(counter, first, probes, largest_pairs, run.shared,
                                                    s.inference_batch_size)
             early["calls"] = counter.since(mark)  # the largest NFE's fit's calls
             return teacher_tolerance(early["first_round"], final)
+
+    low, high = run.sigma_range
     with counter.phase("teacher"), counter.using(teacher_call):
-        teacher = refine_teacher(call, start, s.teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                                 base=s.teacher_base, convention=convention, extra_args=extra_args,
-                                 batch_size=s.inference_batch_size, tolerance=tolerance,
-                                 progress=teacher_progress, cancel=cancel,
-                                 plan=lambda calls: time_left.plan("inference", calls), trace=step_costs)
+        teacher = refine_teacher(counter, start, s.teacher_steps, sigma_min=low, sigma_max=high, base=s.teacher_base,
+                                 convention=run.convention, extra_args=run.shared.extra_args,
+                                 batch_size=s.inference_batch_size, tolerance=tolerance, progress=teacher_progress,
+                                 cancel=run.cancel, plan=lambda calls: run.time_left.plan("inference", calls),
+                                 trace=run.step_costs)
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
                                  "(and its dtype), or lower the CFG scale")
+    run.teacher = teacher
     # samples the teacher could not settle even at its finest level are left out of the fit
-    order = torch.arange(count)
-    train, held = order[:s.samples][teacher.settled[:s.samples]], order[s.samples:][teacher.settled[s.samples:]]
-    # the first floor round stands where its probe seeds are still the first training seeds, unrefined
-    unrefined = bool((teacher.sample_steps[probes] == teacher.sample_steps.min()).all())
-    unchanged = unrefined and torch.equal(train[:len(probes)], probes)
-    first_round = early.get("first_round") if unchanged else None
-    if len(train) == 0 or len(held) == 0:
+    order = torch.arange(s.samples + s.validation)
+    run.train = order[:s.samples][teacher.settled[:s.samples]]
+    run.held = order[s.samples:][teacher.settled[s.samples:]]
+    if len(run.train) == 0 or len(run.held) == 0:
         raise FloatingPointError(f"the teacher did not settle (its results still moved at {teacher.report()['max_steps']} "
                                  f"steps) on every training or validation sample; check the model, or lower the CFG")
-    screen = start_states(shape, SCREEN_SAMPLES, sigma_max, convention, s.seed + SCREEN_SEED, device, start.dtype)
-    # the screen's seeds go round every prompt, as the validation seeds do
-    screen_args = ({**extra_args, "prompt": PerSample(assign_prompts(split, 0, SCREEN_SAMPLES))} if split
-                   else extra_args)
-    largest_result = float(teacher.final[teacher.settled].double().flatten(1).pow(2).mean(1).sqrt().max())
-    total = state["teacher_total"] + iterations_total
-    teacher_batches = state["teacher_total"]
-    steps_done = teacher_batches  # the progress count: teacher batches, then every fit's iterations
+    # the first floor round stands where its probe seeds are still the first training seeds, unrefined
+    unrefined = bool((teacher.sample_steps[probes] == teacher.sample_steps.min()).all())
+    unchanged = unrefined and torch.equal(run.train[:len(probes)], probes)
+    return (early.get("first_round") if unchanged else None), early.get("calls")
+
+
+def _prepare_fits(run: FitRun, shape, start: torch.Tensor):
+    """The divergence screen's fresh seeds (round every prompt, as the validation seeds go), the
+    size a result is judged diverged by, and the progress count after the teacher."""
+    s = run.settings
+    run.screen = start_states(shape, SCREEN_SAMPLES, run.sigma_range[1], run.convention, s.seed + SCREEN_SEED,
+                              run.shared.device, start.dtype)
+    run.screen_args = ({**run.shared.extra_args, "prompt": PerSample(assign_prompts(run.split, 0, SCREEN_SAMPLES))}
+                       if run.split else run.shared.extra_args)
+    teacher = run.teacher
+    run.largest_result = float(teacher.final[teacher.settled].double().flatten(1).pow(2).mean(1).sqrt().max())
+    run.total = run.teacher_batches + run.iterations
+    run.steps_done = run.teacher_batches
+
+
+def _fit_nfe(run: FitRun, n: int, pairs: list, first_round, index: int) -> FittedSteps:
+    """One NFE: the floor and the starts, a fit from each, the choice among the fit, the
+    trajectory pair and the floor, and what the result records of it."""
+    s, counter = run.settings, run.counter
+    fit_began = time.perf_counter()
+    calls_before = counter.report()["calls"]
+    own = (builtin_pairs({TRAJECTORY: run.step_costs.grid}, n, run.bases, *run.sigma_range, run.convention)
+           if run.own_grids else [])
+    with counter.phase("floor"):
+        floor, starts = _floor(counter, run.teacher, run.train, run.held, pairs, own, run.shared,
+                               s.inference_batch_size, first_round)
+    floor.fit.method = "builtin"
+    if s.method == "dode":  # a closed form from one grid: its start is the best by mean
+        starts = starts[:1]
+    if len(starts) > 1:  # the second fit's steps and calls join the progress and the plan now that they are known
+        run.total += s.iterations
+        for kind, calls in fit_calls(nfe=n, validation=len(run.held), iterations=s.iterations,
+                                     batch_size=s.batch_size, validate_every=s.validate_every,
+                                     checkpoint=bool(s.use_checkpoint), corrections=run.kept).items():
+            run.time_left.plan(kind, calls)
+    with counter.phase("fit"):
+        fitted = []
+        for start in starts:
+            fitted.append((start, *_fit_from(run, n, start, floor.errors)))
+            run.steps_done += 0 if s.method == "dode" else s.iterations
+    start, best, log = _kept_fit(run, fitted, floor.errors)
+    chosen, diverged_text = _choose(run, start, best, log, floor, starts)
+    if s.method == "dode":
+        run.report(run.teacher_batches + index + 1, run.total, float("nan"), overall_rmse(log["best_errors"]))
+    result = chosen.fit
+    _describe(result, chosen, floor, start, fitted, diverged_text)
+    if run.split and run.split.held_out:
+        result.held_out.update(_by_prompt_half(chosen.errors, run.assignment[run.held], run.split))
+        result.floor.update(_by_prompt_half(floor.errors, run.assignment[run.held], run.split))
+    result.fit_seconds = time.perf_counter() - fit_began
+    result.losses, result.validation, result.rejected_steps = log["losses"], log["validation"], log["rejected"]
+    result.model_calls = counter.since(calls_before)
+    return result
+
+
+def _fit_from(run: FitRun, n: int, start: ScoredPair, floor_errors: torch.Tensor) -> tuple:
+    """The method's fit from one start: (its best FittedSteps, its log)."""
+    s = run.settings
+    plain = FittedSteps(sigmas=start.fit.sigmas, coordinate=start.fit.coordinate)
+    if s.method == "dode":
+        return _fit_dode(run, start), {"losses": [], "validation": [], "rejected": 0}
+    cap = CAP_FACTOR * float(start.train_errors.median()) if len(start.train_errors) else None
+    gradient = dict(seed=s.seed + n, progress=run.report, cancel=run.cancel, total_steps=run.total,
+                    floor_errors=floor_errors, loss_cap=cap, step_offset=run.steps_done)
+    if s.method == "s4s_alt":  # each block starts from the previous block's best
+        return fit_alternating(run.counter, run.teacher, plain, run.train, run.held, start.setup, s, **gradient)
     offsets = {"offsets"} if s.decoupled else set()
-    fits = {}
-    for index, n in enumerate(nfes):
-        fit_began = time.perf_counter()
-        calls_before = counter.report()["calls"]
-        pairs = pairs_by_nfe[n]
-        own = (builtin_pairs({TRAJECTORY: step_costs.grid}, n, bases, sigma_min, sigma_max, convention)
-               if own_grids else [])
-        with counter.phase("floor"):
-            floor, starts = _floor(call, teacher, train, held, pairs, own, shared, s.inference_batch_size,
-                                   first_round if n == nfes[-1] else None)
-        floor_base, floor_name, floor_fit, floor_errors, floor_setup, floor_train = floor
-        floor_fit.method = "builtin"
-        if method == "dode":  # a closed form from one grid: its start is the best by mean
-            starts = starts[:1]
-        if len(starts) > 1:  # the second fit's steps and calls join the progress and the plan now that they are known
-            total += s.iterations
-            for kind, calls in fit_calls(nfe=n, validation=len(held), iterations=s.iterations,
-                                         batch_size=s.batch_size, validate_every=s.validate_every,
-                                         checkpoint=bool(s.use_checkpoint), corrections=kept).items():
-                time_left.plan(kind, calls)
+    learn = {"auto": {"grid", "coefficients", "step_scales"} | offsets, "ld3": {"grid"} | offsets,
+             "s4s": {"coefficients"}}[s.method]
+    if s.method in ("auto", "s4s"):  # the gradient steps start from the closed-form corrections
+        plain = _first_corrections(run.counter, run.teacher, run.step_costs, plain, start.setup, s, cap)
+    best, _, _, log = fit_gradient(run.counter, run.teacher, plain, learn, run.train, run.held, start.setup, s,
+                                   method=s.method, iterations=s.iterations, **gradient)
+    return best, log
 
-        def fit_from(start, first_step):
-            """The method's fit from one start: (best FittedSteps, log)."""
-            start_base, start_name, start_fit, start_errors, setup, start_train = start
-            plain = FittedSteps(sigmas=start_fit.sigmas, coordinate=start_fit.coordinate)
-            log = {"losses": [], "validation": [], "rejected": 0}
-            cap = CAP_FACTOR * float(start_train.median()) if len(start_train) else None
-            gradient = dict(seed=s.seed + n, progress=report, cancel=cancel, total_steps=total,
-                            floor_errors=floor_errors, loss_cap=cap)
-            if method == "dode":
-                rows = train[:s.dode_samples] if s.dode_samples else train
-                states = _teacher_states(call, teacher, rows, start_fit.sigmas, s, convention, sigma_min,
-                                         rows_of(extra_args, rows), device)
-                scales = fit_step_scales(call, states, start_fit.sigmas, torch.arange(states.start.shape[0]),
-                                         base=start_base, convention=convention, corrector=setup.corrector,
-                                         extra_args=rows_of(extra_args, rows), device=device)
-                best = FittedSteps(sigmas=start_fit.sigmas, coordinate=start_fit.coordinate, step_scales=scales,
-                                   method="dode")
-            elif method in ("auto", "ld3", "s4s"):
-                learn = {"auto": {"grid", "coefficients", "step_scales"} | offsets, "ld3": {"grid"} | offsets,
-                         "s4s": {"coefficients"}}[method]
-                if fits_coefficients:  # the gradient steps start from the closed-form corrections
-                    plain = _first_corrections(call, teacher, step_costs, plain, setup, s, cap)
-                best, _, _, log = fit_gradient(call, teacher, plain, learn, train, held, setup, s, method=method,
-                                               iterations=s.iterations, step_offset=first_step, **gradient)
-            else:  # s4s_alt: each block starts from the previous block's best
-                params = StudentParameters(plain, convention, s.history, setup.corrector, sigma_min)
-                blocks = [{"coefficients"}, {"grid"} | offsets]
-                done, learned = 0, set()
-                chunk = max(1, s.iterations // (2 * s.rounds))
-                for round_index in range(2 * s.rounds):
-                    block = blocks[round_index % 2]
-                    learned |= block
-                    length = chunk if round_index < 2 * s.rounds - 1 else s.iterations - done
-                    best, _, params, part = fit_gradient(call, teacher, plain, block, train, held, setup, s,
-                                                         method="s4s_alt", iterations=length, params=params,
-                                                         keep=set(learned), step_offset=first_step + done, **gradient)
-                    done += length
-                    log["losses"] += part["losses"]
-                    log["validation"] += part["validation"]
-                    log["rejected"] += part["rejected"]
-                    log["best_errors"] = part["best_errors"]
-            return best, log
 
-        with counter.phase("fit"):
-            fitted = []
-            for start in starts:
-                fitted.append((start, *fit_from(start, steps_done)))
-                steps_done += 0 if method == "dode" else s.iterations
-        for start, best, log in fitted:
-            if log.get("best_errors") is None:  # the gradient fits measured their best snapshot already
-                with counter.phase("selection"):
-                    log["best_errors"] = per_sample_errors(call, teacher, held, best, start[4], s.inference_batch_size)
-        # between fits from two starts, the one that keeps typical samples closer (the tail is
-        # guarded below either way); the first where they tie
-        start, best, log = min(fitted, key=lambda f: typical_error(f[2]["best_errors"], floor_errors))
-        start_base, start_name, start_fit, start_errors, setup, start_train = start
-        errors = log["best_errors"]
-        with counter.phase("selection"):  # fresh seeds, only the results' size: no teacher run
-            limit = DIVERGED_FACTOR * largest_result
-            on_screen = lambda fitted, its: int(diverged(call, screen, fitted, dataclasses.replace(  # noqa: E731
-                its, extra_args=screen_args), limit, s.inference_batch_size).sum())
-            diverging = on_screen(best, setup)
-            # the pair may diverge there too (multistep samplers do under strong guidance)
-            floor_diverging = on_screen(floor_fit, floor_setup) if diverging else 0
-        # a fit that adds flips, or diverges on more screened seeds than the pair, is not taken;
-        # ties keep the built-in pair
-        adds_divergence = diverging > floor_diverging
-        fitted_score = mean_error(errors) if no_worse_tail(errors, floor_errors) and not adds_divergence else math.inf
-        candidates = [(mean_error(floor_errors), floor_fit, floor_errors, floor_setup)]
-        for _, pair_name, pair_fit, pair_errors, pair_setup, _ in starts:
-            if pair_name == TRAJECTORY:  # the teacher's own grid with the plain base: kept where it adds no flips
-                pair_fit.method = "trajectory"
-                allowed = no_worse_tail(pair_errors, floor_errors)
-                candidates.append((mean_error(pair_errors) if allowed else math.inf, pair_fit, pair_errors, pair_setup))
-        candidates.append((fitted_score, best, errors, setup))
-        if method == "dode":
-            report(teacher_batches + index + 1, total, float("nan"), overall_rmse(errors))
-        score, chosen, errors, chosen_setup = min(candidates, key=lambda c: c[0])  # ties keep the built-in pair
-        chosen.base, chosen.corrector = chosen_setup.base, chosen_setup.corrector
-        chosen.held_out_rmse = overall_rmse(errors)
-        chosen.base_held_out_rmse = overall_rmse(floor_errors)
-        low, high = ratio_interval(errors, floor_errors)
-        chosen.held_out = {**error_summary(errors), "closer": float((errors < floor_errors).double().mean()),
-                           "ratio_low": low, "ratio_high": high}
-        chosen.floor = {"base": floor_base, "schedule": floor_name, **error_summary(floor_errors)}
-        if split and split.held_out:
-            chosen.held_out.update(_by_prompt_half(errors, assignment[held], split))
-            chosen.floor.update(_by_prompt_half(floor_errors, assignment[held], split))
-        chosen.start = {"base": start_base, "schedule": start_name}
-        others = [f"{other[0]} + {other[1]}" for other, _, _ in fitted if other is not start]
-        if others:  # fitted from there too, and not kept
-            chosen.start["also_fitted"] = others[0]
-        if adds_divergence:
-            chosen.start["diverged"] = f"{diverging} of {SCREEN_SAMPLES} (the pair on {floor_diverging})"
-        chosen.fit_seconds = time.perf_counter() - fit_began
-        chosen.losses = log["losses"]
-        chosen.validation = log["validation"]
-        chosen.rejected_steps = log["rejected"]
-        chosen.model_calls = counter.since(calls_before)
-        if n == nfes[-1] and "calls" in early:
-            chosen.model_calls = {kind: calls + early["calls"][kind] for kind, calls in chosen.model_calls.items()}
-        fits[n] = chosen
-    provenance = {
-        "teacher": teacher.report(),
-        "samples": s.samples,
-        "validation": s.validation,
-        "seed": s.seed,
-        "iterations": s.iterations,
-        "loss": s.loss,
-        "slack": s.slack,
-        "shape": list(shape),
-        "seconds": round(time.perf_counter() - began, 3),
-        "package_version": __version__,
-        "cost": {**counter.report(), "planned": dict(time_left.planned)},
-        **({"prompts": split.report()} if split else {}),
-        **(provenance or {}),
-    }
-    first = fits[nfes[0]]
-    return LearnedSolver(base=first.base, convention=convention, corrector=first.corrector, method=method,
-                         sigma_range=sigma_range, fits=fits, provenance=provenance)
+def _fit_dode(run: FitRun, start: ScoredPair) -> FittedSteps:
+    """D-ODE: per-step scales in closed form against a teacher run that keeps its states on the start's grid."""
+    s = run.settings
+    rows = run.train[:s.dode_samples] if s.dode_samples else run.train
+    extra_args = rows_of(run.shared.extra_args, rows)
+    states = _teacher_states(run.counter, run.teacher, rows, start.fit.sigmas, s, run.convention, run.sigma_range[0],
+                             extra_args, run.shared.device)
+    scales = fit_step_scales(run.counter, states, start.fit.sigmas, torch.arange(states.start.shape[0]),
+                             base=start.base, convention=run.convention, corrector=start.setup.corrector,
+                             extra_args=extra_args, device=run.shared.device)
+    return FittedSteps(sigmas=start.fit.sigmas, coordinate=start.fit.coordinate, step_scales=scales, method="dode")
+
+
+def _kept_fit(run: FitRun, fitted: list, floor_errors: torch.Tensor) -> tuple:
+    """Of the fits from one or two starts [(start, best, log)], the one that keeps typical
+    samples closer (the tail is guarded after); the first where they tie."""
+    for start, best, log in fitted:
+        if log.get("best_errors") is None:  # the gradient fits measured their best snapshot already
+            with run.counter.phase("selection"):
+                log["best_errors"] = per_sample_errors(run.counter, run.teacher, run.held, best, start.setup,
+                                                       run.settings.inference_batch_size)
+    return min(fitted, key=lambda f: typical_error(f[2]["best_errors"], floor_errors))
+
+
+def _choose(run: FitRun, start: ScoredPair, best: FittedSteps, log: dict, floor: ScoredPair, starts: list) -> tuple:
+    """(the result, as a ScoredPair, and a note where the fit was turned away for diverging, else
+    None): the fit where it adds no flips to the floor's and diverges on no more screened seeds
+    than the floor, the trajectory pair where it adds no flips, or the floor; the lowest mean
+    error among those, ties keeping the built-in pair."""
+    s, errors = run.settings, log["best_errors"]
+    with run.counter.phase("selection"):  # fresh seeds, only the results' size: no teacher run
+        def on_screen(fitted, setup):
+            setup = dataclasses.replace(setup, extra_args=run.screen_args)
+            return int(diverged(run.counter, run.screen, fitted, setup, DIVERGED_FACTOR * run.largest_result,
+                                s.inference_batch_size).sum())
+
+        diverging = on_screen(best, start.setup)
+        # the pair may diverge there too (multistep samplers do under strong guidance)
+        floor_diverging = on_screen(floor.fit, floor.setup) if diverging else 0
+    adds_divergence = diverging > floor_diverging
+    fitted_score = mean_error(errors) if no_worse_tail(errors, floor.errors) and not adds_divergence else math.inf
+    candidates = [(mean_error(floor.errors), floor)]
+    for pair in starts:
+        if pair.schedule == TRAJECTORY:  # the teacher's own grid with the plain base: kept where it adds no flips
+            pair.fit.method = "trajectory"
+            allowed = no_worse_tail(pair.errors, floor.errors)
+            candidates.append((mean_error(pair.errors) if allowed else math.inf, pair))
+    learned = ScoredPair(start.base, start.schedule, best, errors, start.setup, torch.zeros(0))
+    candidates.append((fitted_score, learned))
+    _, chosen = min(candidates, key=lambda c: c[0])  # ties keep the built-in pair
+    note = f"{diverging} of {SCREEN_SAMPLES} (the pair on {floor_diverging})" if adds_divergence else None
+    return chosen, note
+
+
+def _describe(result: FittedSteps, chosen: ScoredPair, floor: ScoredPair, start: ScoredPair, fitted: list,
+              diverged_text: str | None):
+    """What ``result`` records: its base, its validation errors against the floor's (and per
+    half of the prompts), the floor, the start, a start also fitted, a fit turned away."""
+    errors = chosen.errors
+    result.base, result.corrector = chosen.setup.base, chosen.setup.corrector
+    result.held_out_rmse = overall_rmse(errors)
+    result.base_held_out_rmse = overall_rmse(floor.errors)
+    low, high = ratio_interval(errors, floor.errors)
+    result.held_out = {**error_summary(errors), "closer": float((errors < floor.errors).double().mean()),
+                       "ratio_low": low, "ratio_high": high}
+    result.floor = {"base": floor.base, "schedule": floor.schedule, **error_summary(floor.errors)}
+    result.start = {"base": start.base, "schedule": start.schedule}
+    others = [f"{other.base} + {other.schedule}" for other, _, _ in fitted if other is not start]
+    if others:  # fitted from there too, and not kept
+        result.start["also_fitted"] = others[0]
+    if diverged_text:
+        result.start["diverged"] = diverged_text
 
 
 def _with_prompts(model, prompts, convention: str) -> tuple:
@@ -444,8 +545,7 @@ def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_si
     (the same samples, capped at the floor's median). The mean favours the pair with the fewest
     flips, the typical error the one closest on most samples; which of the two a fit does better
     from is not known before it runs (on the hard mixture at NFE 5-9 the second, on the
-    power-law mixture at NFE 6 the first, by 2x). Each is (base, schedule name, its FittedSteps,
-    its validation errors, its SolverSetup, its training errors). first_round: the built-in
+    power-law mixture at NFE 6 the first, by 2x). Each is a ``ScoredPair``. first_round: the built-in
     pairs already scored on the first probe samples (``score_pairs``' list), where the teacher's
     tolerance was measured on them."""
     first, second = FLOOR_PROBES
@@ -468,18 +568,18 @@ def _floor(call, teacher, train, held, pairs, own, shared: SolverSetup, batch_si
 
     ranked = rounds(pairs, FLOOR_SHORTLIST, FLOOR_FINALISTS, first_round)
     ranked_own = rounds(own, 2, 1) if own else []
-    finalists = []
+    finalists = []  # [(mean over training and validation seeds, ScoredPair)]
     for _, pair_base, pair_name, pair_fit, train_errors in ranked + ranked_own:
         pair_setup = setup_of(pair_base, pair_fit)
         held_errors = per_sample_errors(call, teacher, held, pair_fit, pair_setup, batch_size)
-        finalists.append((mean_error(torch.cat([train_errors, held_errors])), pair_base, pair_name, pair_fit,
-                          held_errors, pair_setup, train_errors))
-    floor = min(finalists[:len(ranked)], key=lambda item: item[0])
-    by_mean = min(finalists, key=lambda item: item[0])  # the floor where they tie
-    reference = torch.cat([floor[6], floor[4]])
-    by_typical = min(finalists, key=lambda item: typical_error(torch.cat([item[6], item[4]]), reference))
-    starts = [by_mean] if by_typical is by_mean else [by_mean, by_typical]
-    return floor[1:], [start[1:] for start in starts]
+        finalists.append((mean_error(torch.cat([train_errors, held_errors])),
+                          ScoredPair(pair_base, pair_name, pair_fit, held_errors, pair_setup, train_errors)))
+    floor = min(finalists[:len(ranked)], key=lambda item: item[0])[1]
+    by_mean = min(finalists, key=lambda item: item[0])[1]  # the floor where they tie
+    reference = torch.cat([floor.train_errors, floor.errors])
+    by_typical = min(finalists, key=lambda item: typical_error(torch.cat([item[1].train_errors, item[1].errors]),
+                                                               reference))[1]
+    return floor, [by_mean] if by_typical is by_mean else [by_mean, by_typical]
 
 
 def _first_corrections(call, teacher, trajectories: StepCosts, plain: FittedSteps, setup: SolverSetup,
