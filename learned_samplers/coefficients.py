@@ -121,99 +121,129 @@ def _unipc_rhos(h, rks, order, variant):
     return b_h, rho_p, rho_c
 
 
+@dataclass
+class GridStep:
+    """Step i of a grid as every base's row reads it: sigmas [N+1], alpha [N+1] (host units),
+    lam [N or N+1] (half-log-SNR of the positive sigmas), the base order used, and the plain
+    DDIM step's weights: carry on x_i and scale on D_i (alpha_{i+1} (1 - e^{-h_i}))."""
+
+    i: int
+    order: int
+    sigmas: torch.Tensor
+    alpha: torch.Tensor
+    lam: torch.Tensor
+    carry: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def h(self) -> torch.Tensor:
+        return self.lam[self.i + 1] - self.lam[self.i]
+
+    def ratio(self, back: int) -> torch.Tensor:
+        """(lambda_{i-back} - lambda_{i-back-1}) / h: the earlier step's length over this one's."""
+        return (self.lam[self.i - back] - self.lam[self.i - back - 1]) / self.h
+
+
+def _euler_row(step: GridStep) -> tuple:
+    """(x weights, D weights), newest first: the DDIM / Euler step."""
+    return [step.carry], [step.scale]
+
+
+def _dpmpp_2m_row(step: GridStep) -> tuple:
+    r = step.ratio(0)
+    return [step.carry], [step.scale * (1 + 1 / (2 * r)), -step.scale / (2 * r)]
+
+
+def _dpmpp_3m_row(step: GridStep) -> tuple:
+    h, a_next = step.h, step.alpha[step.i + 1]
+    phi_2 = torch.expm1(-h) / h + 1
+    r0 = step.ratio(0)
+    d1_0 = _pad([1 / r0, -1 / r0], 3, h)
+    if step.order == 2:
+        update = a_next * phi_2 * d1_0
+    else:
+        r1 = step.ratio(1)
+        d1_1 = _pad([0.0, 1 / r1, -1 / r1], 3, h)
+        d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        # d2 ~ h^2 D''/2, whose exact weight is int_0^h e^-u (h-u)^2 du / h^2 =
+        # 2 * (1/2 - phi_2/h): twice k-diffusion's phi_3. With the reference's single
+        # phi_3 the step is only second order (see docs/how-it-works.md, "DPM++ 3M").
+        phi_3 = 2 * (0.5 - phi_2 / h)
+        update = a_next * (phi_2 * d1 + phi_3 * d2)
+    return [step.carry], list(update + _pad([step.scale], 3, h))
+
+
+def _ipndm_row(step: GridStep) -> tuple:
+    # Adams-Bashforth on the noise estimate eps_j = (x_j - alpha_j D_j) / sigma_j in the VE
+    # frame x/alpha, sigma/alpha; in the host frame the step keeps an alpha ratio
+    i, sigmas, alpha = step.i, step.sigmas, step.alpha
+    gain = sigmas[i + 1] - sigmas[i] * alpha[i + 1] / alpha[i]
+    beta = _ADAMS_BASHFORTH[step.order]
+    x_row = [alpha[i + 1] / alpha[i] + gain * beta[0] / sigmas[i]]
+    x_row += [gain * beta[k] / sigmas[i - k] for k in range(1, step.order)]
+    return x_row, [-gain * beta[k] * alpha[i - k] / sigmas[i - k] for k in range(step.order)]
+
+
+def _unipc_ratios(step: GridStep, order: int) -> torch.Tensor:
+    """[order - 1] (lambda_{i-m} - lambda_i) / h for m = 1 .. order - 1."""
+    if order == 1:
+        return step.h.new_zeros(0)
+    return torch.stack([(step.lam[step.i - m] - step.lam[step.i]) / step.h for m in range(1, order)])
+
+
+def _unipc_row(step: GridStep, variant: str) -> tuple:
+    rks = _unipc_ratios(step, step.order)
+    b_h, rho_p, _ = _unipc_rhos(step.h, rks, step.order, variant)
+    pull = step.alpha[step.i + 1] * b_h * rho_p / rks
+    return [step.carry], [step.scale + pull.sum()] + list(-pull)
+
+
+def _unipc_corrector_row(step: GridStep, variant: str) -> list:
+    """UniPC's corrector weights [D_{i+1}, D_i, D_{i-1}, ...] for step i (order at most 3)."""
+    order = min(step.order, 3)
+    rks = _unipc_ratios(step, order)
+    b_h, _, rho_c = _unipc_rhos(step.h, rks, order, variant)
+    a_next = step.alpha[step.i + 1]
+    pull = a_next * b_h * rho_c[:-1] / rks if order > 1 else step.h.new_zeros(0)
+    new = a_next * b_h * rho_c[-1]
+    return [-new, step.scale + pull.sum() + new] + list(-pull)
+
+
+# each base's row at a step of order 2 or more (order 1 is always the Euler row)
+_ROWS = {"euler": _euler_row, "dpmpp_2m": _dpmpp_2m_row, "dpmpp_3m": _dpmpp_3m_row, "ipndm": _ipndm_row,
+         "unipc_bh1": lambda step: _unipc_row(step, "bh1"), "unipc_bh2": lambda step: _unipc_row(step, "bh2")}
+
+
 def base_tables(sigmas: torch.Tensor, base: str, convention: str, corrector: bool,
                 max_order: int | None = None) -> StepTables:
-    """Analytic weights of ``base`` on the grid ``sigmas`` [N+1] (host units, float64)."""
+    """Analytic weights of ``base`` on the grid ``sigmas`` [N+1] (host units, float64): each
+    step's row from the base's own row function, and UniPC's corrector where ``corrector``."""
     steps = sigmas.shape[0] - 1
     final_denoise = bool(sigmas[-1] == 0)
     orders = base_orders(base, steps, final_denoise, max_order)
     alpha = signal_scale(sigmas, convention)
-    positive = sigmas[:-1] if final_denoise else sigmas
-    lam = half_log_snr(positive, convention)
+    lam = half_log_snr(sigmas[:-1] if final_denoise else sigmas, convention)
     variant = "bh1" if base == "unipc_bh1" else "bh2"
-    size = HISTORY
-
     xs, ws, scales, cxs, cds, c_on = [], [], [], [], [], []
     for i in range(steps):
-        order = orders[i]
-        s_cur, s_next = sigmas[i], sigmas[i + 1]
-        a_cur, a_next = alpha[i], alpha[i + 1]
         if final_denoise and i == steps - 1:
-            carry = s_next * 0.0
-            scale = a_next + 0.0
+            carry, scale = sigmas[i + 1] * 0.0, alpha[i + 1] + 0.0
         else:
-            carry = s_next / s_cur
-            scale = a_next - s_next * a_cur / s_cur  # alpha_{i+1} * (1 - exp(-h_i))
-        x_row = [carry]
-        d_row = [scale]
-        if order > 1 and base in ("dpmpp_2m", "dpmpp_3m"):
-            h = lam[i + 1] - lam[i]
-            if base == "dpmpp_2m":
-                r = (lam[i] - lam[i - 1]) / h
-                d_row = [scale * (1 + 1 / (2 * r)), -scale / (2 * r)]
-            else:
-                phi_2 = torch.expm1(-h) / h + 1
-                if order == 2:
-                    r = (lam[i] - lam[i - 1]) / h
-                    d1 = _pad([1 / r, -1 / r], 3, h)
-                    update = a_next * phi_2 * d1
-                else:
-                    r0 = (lam[i] - lam[i - 1]) / h
-                    r1 = (lam[i - 1] - lam[i - 2]) / h
-                    d1_0 = _pad([1 / r0, -1 / r0], 3, h)
-                    d1_1 = _pad([0.0, 1 / r1, -1 / r1], 3, h)
-                    d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-                    d2 = (d1_0 - d1_1) / (r0 + r1)
-                    # d2 ~ h^2 D''/2, whose exact weight is int_0^h e^-u (h-u)^2 du / h^2 =
-                    # 2 * (1/2 - phi_2/h): twice k-diffusion's phi_3. With the reference's single
-                    # phi_3 the step is only second order (see docs/how-it-works.md, "DPM++ 3M").
-                    phi_3 = 2 * (0.5 - phi_2 / h)
-                    update = a_next * (phi_2 * d1 + phi_3 * d2)
-                d_row = list(update + _pad([scale], 3, h))
-        elif order > 1 and base == "ipndm":
-            # Adams-Bashforth on the noise estimate eps_j = (x_j - alpha_j D_j) / sigma_j in the
-            # VE frame x/alpha, sigma/alpha; in the host frame the step keeps an alpha ratio.
-            gain = s_next - s_cur * a_next / a_cur
-            beta = _ADAMS_BASHFORTH[order]
-            x_row = [a_next / a_cur + gain * beta[0] / s_cur]
-            x_row += [gain * beta[k] / sigmas[i - k] for k in range(1, order)]
-            d_row = [-gain * beta[k] * alpha[i - k] / sigmas[i - k] for k in range(order)]
-        elif order > 1:  # UniPC predictor
-            h = lam[i + 1] - lam[i]
-            rks = torch.stack([(lam[i - m] - lam[i]) / h for m in range(1, order)])
-            b_h, rho_p, _ = _unipc_rhos(h, rks, order, variant)
-            pull = a_next * b_h * rho_p / rks
-            d_row = [scale + pull.sum()] + list(-pull)
-        xs.append(_pad(x_row, size, sigmas))
-        ws.append(_pad(d_row, size, sigmas))
+            carry = sigmas[i + 1] / sigmas[i]
+            scale = alpha[i + 1] - sigmas[i + 1] * alpha[i] / sigmas[i]  # alpha_{i+1} * (1 - exp(-h_i))
+        step = GridStep(i, orders[i], sigmas, alpha, lam, carry, scale)
+        x_row, d_row = (_ROWS[base] if step.order > 1 else _euler_row)(step)
+        xs.append(_pad(x_row, HISTORY, sigmas))
+        ws.append(_pad(d_row, HISTORY, sigmas))
         scales.append(scale)
-
-        use_corrector = corrector and i < steps - 1
-        c_on.append(use_corrector)
-        if use_corrector:
-            c_order = min(order, 3)
-            h = lam[i + 1] - lam[i]
-            rks = torch.stack([(lam[i - m] - lam[i]) / h for m in range(1, c_order)]) if c_order > 1 else h.new_zeros(0)
-            b_h, _, rho_c = _unipc_rhos(h, rks, c_order, variant)
-            pull = a_next * b_h * rho_c[:-1] / rks if c_order > 1 else h.new_zeros(0)
-            new = a_next * b_h * rho_c[-1]
-            c_row = [-new, scale + pull.sum() + new] + list(-pull)
-            cxs.append(carry)
-            cds.append(_pad(c_row, size + 1, sigmas))
-        else:
-            cxs.append(sigmas.new_zeros(()))
-            cds.append(sigmas.new_zeros(size + 1))
-
-    return StepTables(
-        x_weights=torch.stack(xs),
-        d_weights=torch.stack(ws),
-        d_scale=torch.stack(scales),
-        corrector_x=torch.stack(cxs),
-        corrector_d=torch.stack(cds),
-        corrector_on=c_on,
-        orders=orders,
-        uses_x_history=base == "ipndm" and max(orders) > 1,
-    )
+        c_on.append(corrector and i < steps - 1)
+        cxs.append(carry if c_on[-1] else sigmas.new_zeros(()))
+        cds.append(_pad(_unipc_corrector_row(step, variant), HISTORY + 1, sigmas) if c_on[-1]
+                   else sigmas.new_zeros(HISTORY + 1))
+    return StepTables(x_weights=torch.stack(xs), d_weights=torch.stack(ws), d_scale=torch.stack(scales),
+                      corrector_x=torch.stack(cxs), corrector_d=torch.stack(cds), corrector_on=c_on, orders=orders,
+                      uses_x_history=base == "ipndm" and max(orders) > 1)
 
 
 def apply_corrections(tables: StepTables, d_corrections=None, step_scales=None,
