@@ -19,7 +19,10 @@ Each method is a subset of ``sample_learned``'s options:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -247,38 +250,58 @@ def rmse(model, teacher, indices, fit: FittedSteps, setup: SolverSetup, batch_si
     return overall_rmse(per_sample_errors(model, teacher, indices, fit, setup, batch_size, dtype))
 
 
-def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validation, setup: SolverSetup,
-                 settings: FitSettings, *, method: str, iterations: int, seed: int = 0,
-                 params: StudentParameters | None = None, keep: set | None = None, step_offset: int = 0,
-                 total_steps: int | None = None, progress=None, cancel=None,
-                 max_rejections: int = 10, decay_to: float = 0.1, floor_errors=None, loss_cap=None):
-    """Backpropagate through the unrolled student; returns (best FittedSteps, its validation
-    score (``scoring.mean_error``), params, log); log["best_errors"] holds the best snapshot's
-    per-sample validation errors, so the caller need not run it again.
+@dataclass
+class FitLoop:
+    """How one gradient fit runs, besides its settings: ``iterations`` steps, drawing its batches
+    from ``seed``; progress(step, total, loss, held_out) after each step, counted from
+    ``step_offset`` of ``total_steps`` (default ``iterations``); cancel() before each step;
+    ``floor_errors``: the best built-in pair's validation errors, whose tail a snapshot may not
+    add flips to; ``loss_cap``: the "capped" loss's distance cap; ``max_rejections`` non-finite
+    steps in a row end the fit; the rates fall by a cosine to ``decay_to`` x their peak."""
 
-    From ``settings``: batch_size (training samples per step; micro_batch at a time),
-    validate_every (iterations between validation runs), lr, loss, slack, history,
-    use_checkpoint (a bool here) and inference_batch_size (samples per validation run).
+    iterations: int
+    seed: int = 0
+    step_offset: int = 0
+    total_steps: int | None = None
+    progress: Any = None
+    cancel: Any = None
+    floor_errors: torch.Tensor | None = None
+    loss_cap: float | None = None
+    max_rejections: int = 10
+    decay_to: float = 0.1
 
-    learn: a subset of {"grid", "offsets", "coefficients", "step_scales"}; keep: the options a
-    snapshot carries (default ``learn``; S4S-Alt passes every block learned so far). The best
-    snapshot by validation score is returned (the mean per-sample error, among snapshots that add
-    no flips to ``floor_errors``' [len(validation)], the best built-in pair's, when given:
-    ``scoring.no_worse_tail``).
-    loss_cap: the per-sample distance cap of the "capped" loss and ``params`` are left at it (the initial state
-    counts, so the fit never ends worse on the validation samples than it started). lr: peak
-    Adam rates per group (defaults ``DEFAULT_LR`` x (4 / N)^2), decayed by a cosine to
-    ``decay_to`` x the peak over the iterations; a rejected step halves the peaks. slack: LD3's
-    soft-slack radius factor: each training sample's start noise may move inside a ball of
-    radius slack * d / N^2 (d = values per sample, in units of the unit noise) to where the
-    student follows the teacher best; 0 turns it off.
-    """
-    convention, sigma_range, slack = setup.convention, setup.sigma_range, settings.slack
-    # peak rates for 4 steps; errors compound over more steps, so the defaults shrink as (4 / N)^2
-    shrink = min(1.0, (4 / init.nfe) ** 2)
+
+class StartSlack:
+    """LD3's soft slack: each training sample's start noise may move inside a ball of radius
+    slack * d / N^2 (d values per sample, in units of the unit noise) to where the student
+    follows the teacher best; slack 0 turns it off. offsets [training samples, ...]."""
+
+    def __init__(self, slack: float, teacher, steps: int, count: int, convention: str):
+        self.radius = slack * teacher.start[0].numel() / steps ** 2 if slack else 0.0
+        self.unit = start_noise_scale(float(teacher.sigmas[0]), convention)
+        self.offsets = torch.zeros((count,) + tuple(teacher.start.shape[1:]))
+
+    def delta(self, part, device) -> torch.Tensor:
+        """The offsets of the samples ``part``, a leaf that takes a gradient when the slack is on."""
+        return self.offsets[part].to(device).requires_grad_(self.radius > 0)
+
+    def move(self, deltas: list):
+        """One normalised gradient step of each sample's offset, projected back into the ball."""
+        for part, delta in deltas:
+            if self.radius > 0 and delta.grad is not None:
+                with torch.no_grad():
+                    g = delta.grad.flatten(1)
+                    step = self.radius * g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)
+                    moved = (delta.detach().flatten(1) - step)
+                    moved = moved * (self.radius / moved.norm(dim=1, keepdim=True).clamp(min=self.radius))
+                    self.offsets[part] = moved.reshape(delta.shape).to(self.offsets)
+
+
+def _optimizer(params: StudentParameters, learn: set, settings: FitSettings, steps: int) -> torch.optim.Adam:
+    """Adam over the learned groups at their peak rates (``DEFAULT_LR`` x (4 / N)^2, or
+    ``settings.lr``): errors compound over more steps, so the rates shrink with N."""
+    shrink = min(1.0, (4 / steps) ** 2)
     lr = {**{name: rate * shrink for name, rate in DEFAULT_LR.items()}, **(settings.lr or {})}
-    device = setup.device or teacher.start.device
-    params = params or StudentParameters(init, convention, settings.history, setup.corrector, sigma_range[0])
     groups = []
     if "grid" in learn:
         groups.append({"params": [params.grid.logits], "lr": lr["grid"]})
@@ -296,114 +319,132 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     optimizer = torch.optim.Adam(groups)
     for group in optimizer.param_groups:
         group["peak_lr"] = group["lr"]
-    call = checkpointed_model(model) if settings.use_checkpoint else model
-    gen = torch.Generator().manual_seed(seed)
-    steps = init.nfe
-    values = teacher.start[0].numel()
-    radius = slack * values / steps ** 2 if slack else 0.0
-    unit = start_noise_scale(float(teacher.sigmas[0]), convention)
-    offsets = torch.zeros((len(train),) + tuple(teacher.start.shape[1:]))
-    total_steps = total_steps or iterations
+    return optimizer
 
+
+def _batch_gradient(call, teacher, train, pick, params: StudentParameters, learn: set, setup: SolverSetup,
+                    settings: FitSettings, slack: StartSlack, cap) -> tuple:
+    """The loss of the training samples ``pick`` (indices into ``train``) and its gradient,
+    accumulated over parts of at most micro_batch samples: the memory of a micro_batch-sample
+    step, the gradient noise of a batch_size one. Returns (the loss, [(part, its offsets)])."""
+    device = setup.device or teacher.start.device
+    value, deltas = 0.0, []
+    for part in pick.split(settings.micro_batch):
+        chunk = train[part]
+        start = teacher.start[chunk].to(device)
+        target = teacher.final[chunk].to(device)
+        delta = slack.delta(part, device)
+        sigmas, options = params.options(learn)  # built again per part: each backward frees its graph
+        out = sample_learned(call, start + slack.unit * delta, sigmas.to(start.dtype), rows_of(setup.extra_args, chunk),
+                             None, True, **setup.solver_options(), **options)
+        part_value = _loss(out, target.to(out.dtype), settings.loss, cap) * (len(part) / len(pick))
+        part_value.backward()
+        value = value + part_value.detach()
+        deltas.append((part, delta))
+    return value, deltas
+
+
+def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validation, setup: SolverSetup,
+                 settings: FitSettings, loop: FitLoop, *, method: str, params: StudentParameters | None = None,
+                 keep: set | None = None):
+    """Backpropagate through the unrolled student; returns (best FittedSteps, its validation
+    score (``scoring.mean_error``), params, log); log["best_errors"] holds the best snapshot's
+    per-sample validation errors, so the caller need not run it again.
+
+    From ``settings``: batch_size (micro_batch at a time), validate_every, lr, loss, slack
+    (``StartSlack``), history, use_checkpoint (a bool here) and inference_batch_size; ``loop``:
+    the iterations, draws, progress and guards (``FitLoop``).
+
+    learn: a subset of {"grid", "offsets", "coefficients", "step_scales"}; keep: the options a
+    snapshot carries (default ``learn``; S4S-Alt passes every block learned so far). The best
+    snapshot by validation score is returned (the mean per-sample error, among snapshots that add
+    no flips to ``loop.floor_errors`` when given: ``scoring.no_worse_tail``), and ``params`` are
+    left at it (the initial state counts, so the fit never ends worse on the validation samples
+    than it started). A rejected (non-finite) step rolls back and halves the peak rates.
+    """
+    convention, sigma_range = setup.convention, setup.sigma_range
+    params = params or StudentParameters(init, convention, settings.history, setup.corrector, sigma_range[0])
+    optimizer = _optimizer(params, learn, settings, init.nfe)
+    learned = [p for group in optimizer.param_groups for p in group["params"]]
+    call = checkpointed_model(model) if settings.use_checkpoint else model
+    gen = torch.Generator().manual_seed(loop.seed)
+    slack = StartSlack(settings.slack, teacher, init.nfe, len(train), convention)
     keep = learn if keep is None else keep
-    cap = loss_cap
 
     def validate():
         # selected on the mean among snapshots that add no flips to the floor's; logged as the RMSE
         snap = params.snapshot(keep, method, convention, sigma_range)
         errors = per_sample_errors(model, teacher, validation, snap, setup, settings.inference_batch_size)
-        allowed = floor_errors is None or no_worse_tail(errors, floor_errors)
+        allowed = loop.floor_errors is None or no_worse_tail(errors, loop.floor_errors)
         return snap, mean_error(errors) if allowed else math.inf, overall_rmse(errors), errors
 
     best, best_score, first_rmse, best_errors = validate()
-    best_state = copy.deepcopy(params.state_dict())
-    log = {"losses": [], "validation": [(step_offset, first_rmse)], "rejected": 0, "best_errors": best_errors}
-    last_good = copy.deepcopy(params.state_dict())
-    rejected_in_a_row = 0
-    for iteration in range(iterations):
-        if cancel is not None and cancel():
+    best_state = last_good = copy.deepcopy(params.state_dict())
+    log = {"losses": [], "validation": [(loop.step_offset, first_rmse)], "rejected": 0, "best_errors": best_errors}
+    rejected_in_a_row = 0  # non-finite steps since the last good one
+    for iteration in range(loop.iterations):
+        if loop.cancel is not None and loop.cancel():
             raise FitCancelled("the fit was cancelled")
         # cosine decay to decay_to x the peak: large early moves, then settle into the minimum
+        fraction = loop.decay_to + (1 - loop.decay_to) * 0.5 * (1 + math.cos(math.pi * iteration / loop.iterations))
         for group in optimizer.param_groups:
-            group["lr"] = group["peak_lr"] * (decay_to + (1 - decay_to) * 0.5 * (1 + math.cos(math.pi * iteration / iterations)))
+            group["lr"] = group["peak_lr"] * fraction
         pick = torch.randperm(len(train), generator=gen)[:settings.batch_size]
         optimizer.zero_grad(set_to_none=True)
-        # the batch's gradient accumulated over parts of at most micro_batch samples: the memory of
-        # a micro_batch-sample step, the gradient noise of a batch_size one
-        value, deltas = 0.0, []
-        for part in pick.split(settings.micro_batch):
-            chunk = train[part]
-            start = teacher.start[chunk].to(device)
-            target = teacher.final[chunk].to(device)
-            delta = offsets[part].to(device).requires_grad_(radius > 0)
-            sigmas, options = params.options(learn)  # built again per part: each backward frees its graph
-            out = sample_learned(call, start + unit * delta, sigmas.to(start.dtype), rows_of(setup.extra_args, chunk),
-                                 None, True,
-                                 **setup.solver_options(), **options)
-            part_value = _loss(out, target.to(out.dtype), settings.loss, cap) * (len(part) / len(pick))
-            part_value.backward()
-            value = value + part_value.detach()
-            deltas.append((part, delta))
-        grads = [p.grad for group in groups for p in group["params"] if p.grad is not None]
-        finite = bool(torch.isfinite(value)) and all(bool(torch.isfinite(g).all()) for g in grads)
-        if not finite:
+        value, deltas = _batch_gradient(call, teacher, train, pick, params, learn, setup, settings, slack,
+                                        loop.loss_cap)
+        grads = [p.grad for p in learned if p.grad is not None]
+        if not (bool(torch.isfinite(value)) and all(bool(torch.isfinite(g).all()) for g in grads)):
             log["rejected"] += 1
             rejected_in_a_row += 1
             params.load_state_dict(last_good)
             for group in optimizer.param_groups:
                 group["peak_lr"] *= 0.5
-            if rejected_in_a_row >= max_rejections:
+            if rejected_in_a_row >= loop.max_rejections:
                 raise FitDiverged(
                     f"{rejected_in_a_row} steps in a row gave a non-finite loss or gradient, even after "
                     f"halving the learning rate each time; check that the model returns finite values "
                     f"at these sigmas, lower the learning rate, or use the 'dode' method")
             continue
         rejected_in_a_row = 0
-        torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], 1.0)
+        torch.nn.utils.clip_grad_norm_(learned, 1.0)
         optimizer.step()
         params.project()
         last_good = copy.deepcopy(params.state_dict())
-        for part, delta in deltas:
-            if radius > 0 and delta.grad is not None:
-                with torch.no_grad():
-                    g = delta.grad.flatten(1)
-                    step = radius * g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)
-                    moved = (delta.detach().flatten(1) - step)
-                    moved = moved * (radius / moved.norm(dim=1, keepdim=True).clamp(min=radius))
-                    offsets[part] = moved.reshape(delta.shape).to(offsets)
+        slack.move(deltas)
         log["losses"].append(float(value.detach()))
-        if (iteration + 1) % settings.validate_every == 0 or iteration + 1 == iterations:
+        if (iteration + 1) % settings.validate_every == 0 or iteration + 1 == loop.iterations:
             snap, score, value_rmse, errors = validate()
-            log["validation"].append((step_offset + iteration + 1, value_rmse))
+            log["validation"].append((loop.step_offset + iteration + 1, value_rmse))
             if score < best_score:
-                best, best_score = snap, score
-                best_state = copy.deepcopy(params.state_dict())
+                best, best_score, best_state = snap, score, copy.deepcopy(params.state_dict())
                 log["best_errors"] = errors
-        if progress is not None:
-            progress(step_offset + iteration + 1, total_steps, float(value.detach()), log["validation"][-1][1])
+        if loop.progress is not None:
+            loop.progress(loop.step_offset + iteration + 1, loop.total_steps or loop.iterations,
+                          float(value.detach()), log["validation"][-1][1])
     params.load_state_dict(best_state)
     return best, best_score, params, log
 
 
 def fit_alternating(model, teacher, init: FittedSteps, train, validation, setup: SolverSetup, settings: FitSettings,
-                    *, step_offset: int = 0, **gradient) -> tuple:
+                    loop: FitLoop) -> tuple:
     """S4S-Alt: ``fit_gradient`` in 2 x ``settings.rounds`` blocks that alternate the
     coefficients and the grid (with the offsets where ``settings.decoupled``), each from the
     previous block's best, the iterations split evenly (the last block takes the rest).
     Returns (the last block's best FittedSteps, keeping every block learned so far; the log of
-    all blocks). ``gradient``: ``fit_gradient``'s other keywords (seed, progress, ...)."""
+    all blocks). ``loop``: as for ``fit_gradient``; its ``iterations`` are split over the blocks."""
     params = StudentParameters(init, setup.convention, settings.history, setup.corrector, setup.sigma_range[0])
     blocks = [{"coefficients"}, {"grid"} | ({"offsets"} if settings.decoupled else set())]
     log = {"losses": [], "validation": [], "rejected": 0}
     done, learned = 0, set()
-    chunk = max(1, settings.iterations // (2 * settings.rounds))
+    chunk = max(1, loop.iterations // (2 * settings.rounds))
     for round_index in range(2 * settings.rounds):
         block = blocks[round_index % 2]
         learned |= block
-        length = chunk if round_index < 2 * settings.rounds - 1 else settings.iterations - done
+        length = chunk if round_index < 2 * settings.rounds - 1 else loop.iterations - done
+        part_loop = dataclasses.replace(loop, iterations=length, step_offset=loop.step_offset + done)
         best, _, params, part = fit_gradient(model, teacher, init, block, train, validation, setup, settings,
-                                             method="s4s_alt", iterations=length, params=params, keep=set(learned),
-                                             step_offset=step_offset + done, **gradient)
+                                             part_loop, method="s4s_alt", params=params, keep=set(learned))
         done += length
         log["losses"] += part["losses"]
         log["validation"] += part["validation"]
@@ -415,6 +456,8 @@ def fit_alternating(model, teacher, init: FittedSteps, train, validation, setup:
 __all__ = [
     "FitCancelled",
     "FitDiverged",
+    "FitLoop",
+    "StartSlack",
     "StudentParameters",
     "autocast_model",
     "fit_alternating",

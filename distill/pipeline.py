@@ -17,7 +17,7 @@ from ..version import __version__
 from ..learned_samplers import BASE_SOLVERS, resolve_convention
 from ..schedules import builtin_schedules, uniform
 from .cost import CallCounter, TimeLeft, fit_calls, planned_calls
-from .fit import (CAP_FACTOR, autocast_model, fit_alternating, fit_corrections, fit_gradient, fit_step_scales,
+from .fit import (CAP_FACTOR, FitLoop, autocast_model, fit_alternating, fit_corrections, fit_gradient, fit_step_scales,
                   start_noise_scale)
 from .scoring import (builtin_pairs, diverged, error_summary, mean_error, no_worse_tail, overall_rmse,
                       per_sample_errors, ratio_interval, score_pairs, typical_error)
@@ -408,17 +408,17 @@ def _fit_from(run: FitRun, n: int, start: ScoredPair, floor_errors: torch.Tensor
     if s.method == "dode":
         return _fit_dode(run, start), {"losses": [], "validation": [], "rejected": 0}
     cap = CAP_FACTOR * float(start.train_errors.median()) if len(start.train_errors) else None
-    gradient = dict(seed=s.seed + n, progress=run.report, cancel=run.cancel, total_steps=run.total,
-                    floor_errors=floor_errors, loss_cap=cap, step_offset=run.steps_done)
+    loop = FitLoop(iterations=s.iterations, seed=s.seed + n, step_offset=run.steps_done, total_steps=run.total,
+                   progress=run.report, cancel=run.cancel, floor_errors=floor_errors, loss_cap=cap)
     if s.method == "s4s_alt":  # each block starts from the previous block's best
-        return fit_alternating(run.counter, run.teacher, plain, run.train, run.held, start.setup, s, **gradient)
+        return fit_alternating(run.counter, run.teacher, plain, run.train, run.held, start.setup, s, loop)
     offsets = {"offsets"} if s.decoupled else set()
     learn = {"auto": {"grid", "coefficients", "step_scales"} | offsets, "ld3": {"grid"} | offsets,
              "s4s": {"coefficients"}}[s.method]
     if s.method in ("auto", "s4s"):  # the gradient steps start from the closed-form corrections
         plain = _first_corrections(run.counter, run.teacher, run.step_costs, plain, start.setup, s, cap)
-    best, _, _, log = fit_gradient(run.counter, run.teacher, plain, learn, run.train, run.held, start.setup, s,
-                                   method=s.method, iterations=s.iterations, **gradient)
+    best, _, _, log = fit_gradient(run.counter, run.teacher, plain, learn, run.train, run.held, start.setup, s, loop,
+                                   method=s.method)
     return best, log
 
 
