@@ -238,11 +238,7 @@ def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float,
     changed and never get a gradient (``memory.frozen_weights``).
     """
     s = (settings or SfdSettings()).replace(**changes).check()
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or not 2 <= nfe <= MAX_NFE:
-        raise ValueError(f"NFE must be a whole number from 2 to {MAX_NFE} (a solver file holds 2 steps or "
-                         f"more); got {nfe!r}")
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max; got {sigma_min} and {sigma_max}")
+    _check_steps(nfe, sigma_min, sigma_max)
     convention = resolve_convention(model, convention)
     use_checkpoint = s.use_checkpoint if s.use_checkpoint != "auto" else torch.device(device).type != "cpu"
     began = time.perf_counter()
@@ -253,23 +249,7 @@ def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float,
     elif start.shape[0] != count:
         raise ValueError(f"start has {start.shape[0]} samples; it must hold samples + validation = {count}")
     train, held = torch.arange(s.samples), torch.arange(s.samples, count)
-    batches = -(-count // s.inference_batch_size)
-    total = batches + s.iterations
-    pace = {"fit_began": None}
-
-    def report(step, loss, held_out):
-        if progress is None:
-            return
-        seconds_left = float("nan")
-        if pace["fit_began"] is not None and step > batches:
-            done = step - batches
-            seconds_left = (time.perf_counter() - pace["fit_began"]) / done * (s.iterations - done)
-        progress(step, total, loss, held_out, seconds_left)
-
-    def check_cancel():
-        if cancel is not None and cancel():
-            raise FitCancelled("the SFD fit was cancelled")
-
+    track = SfdProgress(progress, cancel, -(-count // s.inference_batch_size), s.iterations)
     adapters = LoraAdapters(network, s.rank, seed=s.seed, device=device)
     with frozen_weights(network):
         with counter.phase("floor"):
@@ -280,21 +260,8 @@ def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float,
             sigmas = snap_to_discrete(FittedSteps(sigmas=sigmas, coordinate=sigmas), sigma_table,
                                       (float(sigma_min), float(sigma_max)), convention).sigmas
         with counter.phase("teacher"):
-            grid = teacher_grid([sigmas], s.teacher_steps, convention, sigma_min)
-            teacher = record_teacher(counter, start, grid, sigmas[1:], base=s.teacher_base, convention=convention,
-                                     extra_args=extra_args, batch_size=s.inference_batch_size,
-                                     progress=lambda done, _: report(-(-done // s.inference_batch_size),
-                                                                     float("nan"), float("nan")),
-                                     cancel=cancel)
-            # its own check: the validation noises again at half the steps; the difference bounds its error
-            coarse = record_teacher(counter, start[held], teacher_grid([sigmas], max(2, s.teacher_steps // 2),
-                                                                       convention, sigma_min),
-                                    base=s.teacher_base, convention=convention, extra_args=extra_args,
-                                    batch_size=s.inference_batch_size, cancel=cancel)
-            residual = float((coarse.final.double() - teacher.final[held].double()).pow(2).mean().sqrt())
-        if not torch.isfinite(teacher.final).all():
-            raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
-                                     "(and its dtype), or lower the CFG scale")
+            teacher, residual = _teacher(counter, start, held, sigmas, sigma_min, s, convention, extra_args,
+                                         track.report, cancel)
         targets = [teacher.start] + [teacher.state_at(float(v)) for v in sigmas[1:]]
         setup = SolverSetup(base="euler", convention=convention, corrector=False,
                             sigma_range=(float(sigma_min), float(sigma_max)), extra_args=extra_args, device=device)
@@ -303,21 +270,12 @@ def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float,
         with counter.phase("fit"):
             plain_errors = per_sample_errors(counter, teacher, held, plain_fit, setup, s.inference_batch_size)
             fitted = _train(counter, adapters, targets, sigmas, train, held, teacher, plain_fit, setup, s,
-                            use_checkpoint, report, check_cancel, batches, pace)
+                            use_checkpoint, track)
         best_errors, losses, validation = fitted
-    low, high = ratio_interval(best_errors, plain_errors)
-    held_out = {**error_summary(best_errors), "ratio_low": low, "ratio_high": high,
-                "closer": float((best_errors < plain_errors).double().mean())}
-    plain = error_summary(plain_errors)
-    teacher_info = {"base": s.teacher_base, "steps": len(grid) - 1, "residual": residual}
-    fit = FittedSteps(sigmas=sigmas.clone(), coordinate=plain_fit.coordinate, method="sfd", base="euler",
-                      corrector=False, held_out_rmse=float(best_errors.pow(2).mean().sqrt()),
-                      base_held_out_rmse=float(plain_errors.pow(2).mean().sqrt()), held_out=held_out,
-                      floor={"base": "euler", "schedule": grid_name, **plain}, losses=losses,
-                      validation=[(step, value) for step, value in validation])
-    provenance = {"teacher": teacher_info, "rank": s.rank, "iterations": s.iterations, "samples": s.samples,
-                  "validation": s.validation, "batch_size": s.batch_size,
-                  "micro_batch": s.micro_batch, "lr": s.lr, "seed": s.seed,
+    fit = _sfd_fit(plain_fit, grid_name, best_errors, plain_errors, losses, validation)
+    provenance = {"teacher": {"base": s.teacher_base, "steps": len(teacher.sigmas) - 1, "residual": residual},
+                  "rank": s.rank, "iterations": s.iterations, "samples": s.samples, "validation": s.validation,
+                  "batch_size": s.batch_size, "micro_batch": s.micro_batch, "lr": s.lr, "seed": s.seed,
                   "shape": list(shape), "package_version": __version__, **(provenance or {})}
     solver = LearnedSolver(base="euler", convention=convention, corrector=False, method="sfd",
                            sigma_range=setup.sigma_range, fits={nfe: fit}, provenance=provenance)
@@ -338,13 +296,80 @@ def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float,
                                   **(s.solver or {})})
     provenance["seconds"] = round(time.perf_counter() - began, 3)
     provenance["cost"] = counter.report()
-    return DistilledNetwork(adapters=adapters, nfe=nfe, sigmas=sigmas, grid_name=grid_name, held_out=held_out,
-                            plain=plain, losses=losses, validation=validation, solver=solver,
+    return DistilledNetwork(adapters=adapters, nfe=nfe, sigmas=sigmas, grid_name=grid_name, held_out=fit.held_out,
+                            plain=error_summary(plain_errors), losses=losses, validation=validation, solver=solver,
                             with_solver=combined, provenance=provenance)
 
 
+def _check_steps(nfe, sigma_min: float, sigma_max: float):
+    """A clear error where an SFD fit cannot serve ``nfe`` steps on this range."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or not 2 <= nfe <= MAX_NFE:
+        raise ValueError(f"NFE must be a whole number from 2 to {MAX_NFE} (a solver file holds 2 steps or "
+                         f"more); got {nfe!r}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max; got {sigma_min} and {sigma_max}")
+
+
+def _teacher(counter, start, held, sigmas, sigma_min: float, s: SfdSettings, convention, extra_args, report,
+             cancel) -> tuple:
+    """(the teacher record on ``sigmas``' points, its residual): ``s.teacher_steps`` on every
+    start state, checked by the validation noises again at half the steps (the difference
+    bounds its error); the teacher grid runs down to the model's ``sigma_min``."""
+    grid = teacher_grid([sigmas], s.teacher_steps, convention, sigma_min)
+    teacher = record_teacher(counter, start, grid, sigmas[1:], base=s.teacher_base, convention=convention,
+                             extra_args=extra_args, batch_size=s.inference_batch_size,
+                             progress=lambda done, _: report(-(-done // s.inference_batch_size), float("nan"),
+                                                             float("nan")),
+                             cancel=cancel)
+    coarse = record_teacher(counter, start[held], teacher_grid([sigmas], max(2, s.teacher_steps // 2), convention,
+                                                               sigma_min),
+                            base=s.teacher_base, convention=convention, extra_args=extra_args,
+                            batch_size=s.inference_batch_size, cancel=cancel)
+    if not torch.isfinite(teacher.final).all():
+        raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
+                                 "(and its dtype), or lower the CFG scale")
+    return teacher, float((coarse.final.double() - teacher.final[held].double()).pow(2).mean().sqrt())
+
+
+def _sfd_fit(plain_fit: FittedSteps, grid_name: str, best_errors, plain_errors, losses, validation) -> FittedSteps:
+    """The adapted network's Euler steps as a fit: its validation errors against plain Euler's
+    on the same grid (the floor), the loss and validation curves."""
+    low, high = ratio_interval(best_errors, plain_errors)
+    held_out = {**error_summary(best_errors), "ratio_low": low, "ratio_high": high,
+                "closer": float((best_errors < plain_errors).double().mean())}
+    return FittedSteps(sigmas=plain_fit.sigmas.clone(), coordinate=plain_fit.coordinate, method="sfd", base="euler",
+                       corrector=False, held_out_rmse=float(best_errors.pow(2).mean().sqrt()),
+                       base_held_out_rmse=float(plain_errors.pow(2).mean().sqrt()), held_out=held_out,
+                       floor={"base": "euler", "schedule": grid_name, **error_summary(plain_errors)}, losses=losses,
+                       validation=[(step, value) for step, value in validation])
+
+
+class SfdProgress:
+    """The SFD fit's progress: ``batches`` teacher batches, then ``iterations`` steps, reported
+    as progress(step, total, loss, held_out, seconds_left) with the time left from the steps'
+    own pace (NaN before the first); cancel() checked before each step."""
+
+    def __init__(self, progress, cancel, batches: int, iterations: int):
+        self.progress, self.cancel = progress, cancel
+        self.batches, self.iterations = batches, iterations
+        self.fit_began = None
+
+    def report(self, step, loss, held_out):
+        if self.progress is None:
+            return
+        seconds_left = float("nan")
+        if self.fit_began is not None and step > self.batches:
+            done = step - self.batches
+            seconds_left = (time.perf_counter() - self.fit_began) / done * (self.iterations - done)
+        self.progress(step, self.batches + self.iterations, loss, held_out, seconds_left)
+
+    def check_cancel(self):
+        if self.cancel is not None and self.cancel():
+            raise FitCancelled("the SFD fit was cancelled")
+
+
 def _train(call, adapters: LoraAdapters, targets, sigmas, train, held, teacher, plain_fit, setup, s: SfdSettings,
-           use_checkpoint, report, check_cancel, first_step, pace) -> tuple:
+           use_checkpoint, track: SfdProgress) -> tuple:
     """The gradient steps; returns (the best snapshot's validation errors, losses, validation log)
     and leaves ``adapters`` at that snapshot."""
     device = setup.device
@@ -363,9 +388,9 @@ def _train(call, adapters: LoraAdapters, targets, sigmas, train, held, teacher, 
     best_score, best_state = mean_error(best_errors), adapters.snapshot()
     losses, validation = [], [(0, overall_rmse(best_errors))]
     rejected_in_a_row, backoff = 0, 1.0
-    pace["fit_began"] = time.perf_counter()
+    track.fit_began = time.perf_counter()
     for iteration in range(s.iterations):
-        check_cancel()
+        track.check_cancel()
         # cosine decay to a tenth of the peak, the peak halved after each rejected step
         for group in optimizer.param_groups:
             group["lr"] = s.lr * backoff * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * iteration / s.iterations)))
@@ -407,7 +432,7 @@ def _train(call, adapters: LoraAdapters, targets, sigmas, train, held, teacher, 
             validation.append((iteration + 1, held_out))
             if mean_error(errors) < best_score:
                 best_score, best_errors, best_state = mean_error(errors), errors, adapters.snapshot()
-        report(first_step + iteration + 1, value, held_out)
+        track.report(track.batches + iteration + 1, value, held_out)
     adapters.restore(best_state)
     return best_errors, losses, validation
 
