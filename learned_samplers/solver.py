@@ -102,6 +102,23 @@ def _check_coefficient(name, value, shape, hint):
     return value.to("cpu", torch.float64)
 
 
+def _checked_d_corrections(d_corrections, steps: int):
+    """``d_corrections`` as a float64 tensor [steps, K], 1 <= K <= HISTORY (or None); a clear
+    error naming the shape to use otherwise."""
+    if d_corrections is not None and not torch.is_tensor(d_corrections):
+        d_corrections = torch.as_tensor(d_corrections, dtype=torch.float64)
+    d_shape = (steps, "K")
+    if d_corrections is not None and d_corrections.ndim == 2:
+        width = d_corrections.shape[1]
+        if not 1 <= width <= HISTORY:
+            raise ValueError(
+                f"d_corrections has {width} columns; it weighs the newest 1 to {HISTORY} denoiser "
+                f"outputs, so use shape [{steps}, K] with 1 <= K <= {HISTORY}"
+            )
+        d_shape = (steps, width)
+    return _check_coefficient("d_corrections", d_corrections, d_shape, f"[{steps}, K]")
+
+
 def sample_learned(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                    base: str = "dpmpp_2m", convention: str = "auto", d_corrections=None,
                    step_scales=None, corrector=None, corrector_corrections=None,
@@ -122,19 +139,7 @@ def sample_learned(model, x, sigmas, extra_args=None, callback=None, disable=Non
     if not torch.is_tensor(sigmas):
         sigmas = values.to(x.dtype)
     steps = sigmas.shape[0] - 1
-    if d_corrections is not None and not torch.is_tensor(d_corrections):
-        d_corrections = torch.as_tensor(d_corrections, dtype=torch.float64)
-    if d_corrections is not None and d_corrections.ndim == 2:
-        width = d_corrections.shape[1]
-        if not 1 <= width <= HISTORY:
-            raise ValueError(
-                f"d_corrections has {width} columns; it weighs the newest 1 to {HISTORY} denoiser "
-                f"outputs, so use shape [{steps}, K] with 1 <= K <= {HISTORY}"
-            )
-        d_shape = (steps, width)
-    else:
-        d_shape = (steps, "K")
-    d_corrections = _check_coefficient("d_corrections", d_corrections, d_shape, f"[{steps}, K]")
+    d_corrections = _checked_d_corrections(d_corrections, steps)
     step_scales = _check_coefficient("step_scales", step_scales, (steps,), f"[{steps}]")
     corrector_corrections = _check_coefficient(
         "corrector_corrections", corrector_corrections, (steps,), f"[{steps}]")

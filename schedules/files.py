@@ -304,6 +304,37 @@ def _solver_from_bytes(blob: bytes, path):
 
     header = read_header(blob, path)
     metadata = header.get("__metadata__", {})
+    base, convention, corrector, sigma_range, nfes = _checked_header(metadata, path)
+    fits_info = _parse_json(metadata, "fits", path)
+    provenance = _parse_json(metadata, "provenance", path)
+    if not isinstance(fits_info, dict) or not isinstance(provenance, dict):
+        _fail(path, "has 'fits' or 'provenance' metadata that is not a JSON object")
+    try:
+        tensors = load(blob)
+    except (SafetensorError, RuntimeError, ValueError) as err:
+        _fail(path, f"could not be read as safetensors ({err})")
+    expected = set()
+    fits = {}
+    for n in nfes:
+        present = _checked_tensors(tensors, n, sigma_range, convention, path)
+        expected |= {f"nfe{n}.{name}" for name in present}
+        info = fits_info.get(str(n), {}) if isinstance(fits_info.get(str(n), {}), dict) else {}
+        fits[n] = _fit_from_file(present, info, metadata, n, path)
+    unknown = set(tensors) - expected
+    if unknown:
+        _fail(path, f"holds tensors this format does not define: {', '.join(sorted(unknown)[:5])}")
+    for key in OPTIONAL_METADATA:
+        if key in metadata:
+            provenance.setdefault("file", {})[key] = metadata[key]
+    solver = LearnedSolver(base=base, convention=convention, corrector=corrector, method=metadata.get("method", "learned"),
+                           sigma_range=sigma_range, fits=fits, provenance=provenance)
+    _probe(solver, path)
+    return solver
+
+
+def _checked_header(metadata: dict, path) -> tuple:
+    """(base, convention, corrector, (sigma_min, sigma_max), nfes) from a file's metadata, each
+    checked; a clear error naming the file and the field otherwise."""
     if metadata.get("format") != FORMAT_NAME:
         _fail(path, "is a safetensors file but not a learned solver (its metadata has no "
                     f"format = {FORMAT_NAME!r}); is it a model or a LoRA?")
@@ -334,66 +365,54 @@ def _solver_from_bytes(blob: bytes, path):
         _fail(path, f"has nfes {listed!r}; it must be a comma-separated list of step counts")
     if not nfes or nfes[0] < 2 or nfes[-1] > MAX_NFE:
         _fail(path, f"lists step counts {nfes}; each must be between 2 and {MAX_NFE}")
-    fits_info = _parse_json(metadata, "fits", path)
-    provenance = _parse_json(metadata, "provenance", path)
-    if not isinstance(fits_info, dict) or not isinstance(provenance, dict):
-        _fail(path, "has 'fits' or 'provenance' metadata that is not a JSON object")
-    try:
-        tensors = load(blob)
-    except (SafetensorError, RuntimeError, ValueError) as err:
-        _fail(path, f"could not be read as safetensors ({err})")
-    expected = set()
-    fits = {}
-    for n in nfes:
-        keys = {name: f"nfe{n}.{name}" for name in ("sigmas", "coordinate") + LEARNED_OPTIONS}
-        for required in ("sigmas", "coordinate"):
-            if keys[required] not in tensors:
-                _fail(path, f"lists NFE {n} but has no tensor {keys[required]!r}")
-        present = {name: tensors[key] for name, key in keys.items() if key in tensors}
-        expected |= {keys[name] for name in present}
-        for name, value in present.items():
-            if not torch.isfinite(value).all():
-                _fail(path, f"tensor {keys[name]!r} holds NaN or inf")
-            want = {"sigmas": (n + 1,), "coordinate": (n + 1,), "d_corrections": (n, "K")}.get(name, (n,))
-            if value.ndim != len(want) or value.shape[0] != want[0] or (
-                    name == "d_corrections" and not 1 <= value.shape[1] <= HISTORY):
-                shape = "[N, K] with 1 <= K <= %d" % HISTORY if name == "d_corrections" else f"{list(want)}"
-                _fail(path, f"tensor {keys[name]!r} has shape {list(value.shape)}; for NFE {n} it must be {shape}")
-        sigmas = present["sigmas"]
-        positive = sigmas[:-1] if sigmas[-1] == 0 else sigmas
-        if len(positive) < 1 or not bool((sigmas[1:] < sigmas[:-1]).all()):
-            _fail(path, f"the NFE {n} sigmas are not strictly decreasing")
-        if (positive[-1] < sigma_min * (1 - 1e-9) or positive[0] > sigma_max * (1 + 1e-9)
-                or (convention == "flow" and positive[0] > 1)):
-            _fail(path, f"the NFE {n} sigmas leave the declared range [{sigma_min:g}, {sigma_max:g}]")
-        _check_learned_values(present, n, (sigma_min, sigma_max), convention, path)
-        info = fits_info.get(str(n), {}) if isinstance(fits_info.get(str(n), {}), dict) else {}
-        own_base = info.get("base")
-        if own_base is not None and own_base not in BASE_SOLVERS:
-            _fail(path, f"names base solver {own_base!r} for NFE {n}, which this package does not know "
-                        f"({', '.join(BASE_SOLVERS)}); upgrade the package")
-        own_corrector = info.get("corrector")
-        if own_corrector is not None and not isinstance(own_corrector, bool):
-            _fail(path, f"has corrector {own_corrector!r} for NFE {n}; it must be true or false")
-        fits[n] = FittedSteps(
-            **present, method=str(info.get("method", metadata.get("method", "learned"))),
-            base=own_base, corrector=own_corrector, held_out=_numbers(info.get("held_out")),
-            floor=_numbers(info.get("floor"), keep_text=True),
-            model_calls={k: int(v) for k, v in _numbers(info.get("model_calls")).items()},
-            start=_numbers(info.get("start"), keep_text=True),
-            held_out_rmse=_number(info.get("held_out_rmse")), base_held_out_rmse=_number(info.get("base_held_out_rmse")),
-            fit_seconds=_number(info.get("fit_seconds"), 0.0), rejected_steps=int(_number(info.get("rejected_steps"), 0)))
-    unknown = set(tensors) - expected
-    if unknown:
-        _fail(path, f"holds tensors this format does not define: {', '.join(sorted(unknown)[:5])}")
-    for key in OPTIONAL_METADATA:
-        if key in metadata:
-            provenance.setdefault("file", {})[key] = metadata[key]
-    solver = LearnedSolver(base=base, convention=convention, corrector=corrector == "true",
-                           method=metadata.get("method", "learned"), sigma_range=(sigma_min, sigma_max),
-                           fits=fits, provenance=provenance)
-    _probe(solver, path)
-    return solver
+    return base, convention, corrector == "true", (sigma_min, sigma_max), nfes
+
+
+def _checked_tensors(tensors: dict, n: int, sigma_range: tuple, convention: str, path) -> dict:
+    """NFE ``n``'s tensors of the file, name -> tensor, each checked (finite, its shape, the
+    sigmas decreasing inside the declared range, the learned values within their bounds)."""
+    sigma_min, sigma_max = sigma_range
+    keys = {name: f"nfe{n}.{name}" for name in ("sigmas", "coordinate") + LEARNED_OPTIONS}
+    for required in ("sigmas", "coordinate"):
+        if keys[required] not in tensors:
+            _fail(path, f"lists NFE {n} but has no tensor {keys[required]!r}")
+    present = {name: tensors[key] for name, key in keys.items() if key in tensors}
+    for name, value in present.items():
+        if not torch.isfinite(value).all():
+            _fail(path, f"tensor {keys[name]!r} holds NaN or inf")
+        want = {"sigmas": (n + 1,), "coordinate": (n + 1,), "d_corrections": (n, "K")}.get(name, (n,))
+        if value.ndim != len(want) or value.shape[0] != want[0] or (
+                name == "d_corrections" and not 1 <= value.shape[1] <= HISTORY):
+            shape = "[N, K] with 1 <= K <= %d" % HISTORY if name == "d_corrections" else f"{list(want)}"
+            _fail(path, f"tensor {keys[name]!r} has shape {list(value.shape)}; for NFE {n} it must be {shape}")
+    sigmas = present["sigmas"]
+    positive = sigmas[:-1] if sigmas[-1] == 0 else sigmas
+    if len(positive) < 1 or not bool((sigmas[1:] < sigmas[:-1]).all()):
+        _fail(path, f"the NFE {n} sigmas are not strictly decreasing")
+    if (positive[-1] < sigma_min * (1 - 1e-9) or positive[0] > sigma_max * (1 + 1e-9)
+            or (convention == "flow" and positive[0] > 1)):
+        _fail(path, f"the NFE {n} sigmas leave the declared range [{sigma_min:g}, {sigma_max:g}]")
+    _check_learned_values(present, n, sigma_range, convention, path)
+    return present
+
+
+def _fit_from_file(present: dict, info: dict, metadata: dict, n: int, path) -> FittedSteps:
+    """NFE ``n``'s FittedSteps from its checked tensors and its entry of the "fits" metadata."""
+    own_base = info.get("base")
+    if own_base is not None and own_base not in BASE_SOLVERS:
+        _fail(path, f"names base solver {own_base!r} for NFE {n}, which this package does not know "
+                    f"({', '.join(BASE_SOLVERS)}); upgrade the package")
+    own_corrector = info.get("corrector")
+    if own_corrector is not None and not isinstance(own_corrector, bool):
+        _fail(path, f"has corrector {own_corrector!r} for NFE {n}; it must be true or false")
+    return FittedSteps(
+        **present, method=str(info.get("method", metadata.get("method", "learned"))),
+        base=own_base, corrector=own_corrector, held_out=_numbers(info.get("held_out")),
+        floor=_numbers(info.get("floor"), keep_text=True),
+        model_calls={k: int(v) for k, v in _numbers(info.get("model_calls")).items()},
+        start=_numbers(info.get("start"), keep_text=True),
+        held_out_rmse=_number(info.get("held_out_rmse")), base_held_out_rmse=_number(info.get("base_held_out_rmse")),
+        fit_seconds=_number(info.get("fit_seconds"), 0.0), rejected_steps=int(_number(info.get("rejected_steps"), 0)))
 
 
 def _probe(solver, path):
