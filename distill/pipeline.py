@@ -174,17 +174,9 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         fits[n] = _fit_nfe(run, n, pairs_by_nfe[n], first_round if n == nfes[-1] else None, index)
         if n == nfes[-1] and early_calls:  # the largest NFE's first floor round ran during the teacher
             fits[n].model_calls = {kind: calls + early_calls[kind] for kind, calls in fits[n].model_calls.items()}
-    provenance = {
-        "teacher": run.teacher.report(), "samples": s.samples, "validation": s.validation, "seed": s.seed,
-        "iterations": s.iterations, "loss": s.loss, "slack": s.slack, "shape": list(shape),
-        "seconds": round(time.perf_counter() - began, 3), "package_version": __version__,
-        "cost": {**run.counter.report(), "planned": dict(run.time_left.planned)},
-        **({"prompts": split.report()} if split else {}),
-        **(provenance or {}),
-    }
     first = fits[nfes[0]]
     return LearnedSolver(base=first.base, convention=convention, corrector=first.corrector, method=s.method,
-                         sigma_range=run.sigma_range, fits=fits, provenance=provenance)
+                         sigma_range=run.sigma_range, fits=fits, provenance=_provenance(run, shape, began, provenance))
 
 
 @dataclass
@@ -238,6 +230,16 @@ class FitRun:
     def report(self, step, total, loss, held_out):
         if self.progress is not None:
             self.progress(step, total, loss, held_out, self.time_left.seconds())
+
+
+def _provenance(run: FitRun, shape, began: float, extra: dict | None) -> dict:
+    """What the result records of how it was fitted (never the prompts, only their counts)."""
+    s = run.settings
+    return {"teacher": run.teacher.report(), "samples": s.samples, "validation": s.validation, "seed": s.seed,
+            "iterations": s.iterations, "loss": s.loss, "slack": s.slack, "shape": list(shape),
+            "seconds": round(time.perf_counter() - began, 3), "package_version": __version__,
+            "cost": {**run.counter.report(), "planned": dict(run.time_left.planned)},
+            **({"prompts": run.split.report()} if run.split else {}), **(extra or {})}
 
 
 def _checked_nfes(nfe, sigma_min: float, sigma_max: float) -> list:

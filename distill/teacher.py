@@ -260,6 +260,40 @@ class RefinedTeacher(TeacherRecord):
                 "excluded": int((~self.settled).sum()), "calls": int(self.calls), "seconds": round(self.seconds, 3)}
 
 
+class _TeacherLevels:
+    """Runs the refined teacher's levels (some of the start states at a step count, on grids
+    from sigma_max to sigma_min and 0) and counts their batches for the progress and their calls."""
+
+    def __init__(self, model, start, sigma_min, sigma_max, convention, extra_args, batch_size, progress, cancel):
+        self.model, self.start, self.sigma_min, self.convention = model, start, sigma_min, convention
+        self.extra_args, self.batch_size, self.progress, self.cancel = extra_args, batch_size, progress, cancel
+        self.ends = [torch.tensor([sigma_max, 0.0], dtype=torch.float64)]
+        self.done, self.total, self.calls_made = 0, 2 * self.batches(start.shape[0]), 0
+
+    def batches(self, samples: int) -> int:
+        return -(-samples // self.batch_size)
+
+    def calls(self, samples: int, steps: int) -> int:
+        """The model calls of ``samples`` start states at a level of ``steps`` steps."""
+        return samples * (len(teacher_grid(self.ends, steps, self.convention, self.sigma_min)) - 1)
+
+    def run(self, indices, steps: int, base: str, trace=None) -> tuple:
+        """(the results [len(indices), ...], the level's steps) of ``base`` at ``steps``."""
+        grid = teacher_grid(self.ends, steps, self.convention, self.sigma_min)
+        before = self.done
+
+        def counted(samples, _):
+            self.done = before + self.batches(samples)
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+
+        record = record_teacher(self.model, self.start[indices], grid, (), base=base, convention=self.convention,
+                                extra_args=rows_of(self.extra_args, indices), batch_size=self.batch_size,
+                                progress=counted, cancel=self.cancel, trace=trace)
+        self.calls_made += len(indices) * (len(grid) - 1)
+        return record.final, len(grid) - 1
+
+
 def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, sigma_max: float,
                    base: str = "unipc_bh2", convention: str = "auto", extra_args=None, batch_size: int | None = None,
                    tolerance=TEACHER_TOLERANCE, max_steps: int = MAX_TEACHER_STEPS, progress=None,
@@ -283,37 +317,17 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
         raise ValueError(f"the teacher needs at least 4 steps; got {steps}")
     convention = resolve_convention(model, convention)
     count = start.shape[0]
-    batch_size = batch_size or count
     began = time.perf_counter()
-    ends = [torch.tensor([sigma_max, 0.0], dtype=torch.float64)]
-    batches = lambda n: -(-n // batch_size)  # noqa: E731
-    done = {"batches": 0, "total": 2 * batches(count), "calls": 0}
-
     if base in ("euler", "dpmpp_2m"):
         check_base = base
     factor = ERROR_ESTIMATE.get(check_base, DEFAULT_ERROR_ESTIMATE)
-
-    def level(indices, level_steps, trace=None, level_base=base):
-        grid = teacher_grid(ends, level_steps, convention, sigma_min)
-        before = done["batches"]
-
-        def counted(samples, _):
-            done["batches"] = before + batches(samples)
-            if progress is not None:
-                progress(done["batches"], done["total"])
-
-        record = record_teacher(model, start[indices], grid, (), base=level_base, convention=convention,
-                                extra_args=rows_of(extra_args, indices), batch_size=batch_size, progress=counted, cancel=cancel,
-                                trace=trace)
-        done["calls"] += len(indices) * (len(grid) - 1)
-        return record.final, len(grid) - 1
-
+    levels = _TeacherLevels(model, start, sigma_min, sigma_max, convention, extra_args, batch_size or count,
+                            progress, cancel)
     everyone = torch.arange(count)
-    calls = lambda samples, n: samples * (len(teacher_grid(ends, n, convention, sigma_min)) - 1)  # noqa: E731
     if plan is not None:
-        plan(calls(count, max(2, steps // 2)) + calls(count, steps))
-    coarse, _ = level(everyone, max(2, steps // 2), level_base=check_base)
-    final, used = level(everyone, steps, trace)
+        plan(levels.calls(count, max(2, steps // 2)) + levels.calls(count, steps))
+    coarse, _ = levels.run(everyone, max(2, steps // 2), check_base)
+    final, used = levels.run(everyone, steps, base, trace)
     sample_steps = torch.full((count,), used, dtype=torch.long)
     scale = float(final.double().pow(2).mean().sqrt()) or 1.0
     residuals = (final.double() - coarse.double()).flatten(1).pow(2).mean(1).sqrt()
@@ -325,20 +339,20 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     unsettled = everyone[residuals > limit]
     while len(unsettled) and 2 * level_steps <= max_steps:
         level_steps *= 2
-        done["total"] += batches(len(unsettled))
+        levels.total += levels.batches(len(unsettled))
         if plan is not None:
-            plan(calls(len(unsettled), level_steps))
-        finer, used = level(unsettled, level_steps)
+            plan(levels.calls(len(unsettled), level_steps))
+        finer, used = levels.run(unsettled, level_steps, base)
         residuals[unsettled] = (finer.double() - final[unsettled].double()).flatten(1).pow(2).mean(1).sqrt()
         final[unsettled] = finer
         sample_steps[unsettled] = used
         unsettled = unsettled[residuals[unsettled] > limit]
     settled = torch.ones(count, dtype=torch.bool)
     settled[unsettled] = False
-    full_grid = teacher_grid(ends, steps, convention, sigma_min)
+    full_grid = teacher_grid(levels.ends, steps, convention, sigma_min)
     return RefinedTeacher(start=start.detach().float().cpu(), final=final, sigmas=full_grid,
                           kept_sigmas=torch.zeros(0, dtype=torch.float64),
                           states=torch.zeros((0,) + tuple(start.shape)), base=base, convention=convention,
                           seconds=time.perf_counter() - began, settings={"base": base, "steps": steps},
-                          residuals=residuals, sample_steps=sample_steps, settled=settled, calls=done["calls"],
+                          residuals=residuals, sample_steps=sample_steps, settled=settled, calls=levels.calls_made,
                           tolerance=tolerance, scale=scale, factor=factor, check_base=check_base)
