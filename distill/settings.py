@@ -1,11 +1,13 @@
-"""What a fit is told: ``FitSettings`` (how to fit, chosen by the user) and ``SolverSetup``
-(what every run of the student shares, fixed by the model and the base solver)."""
+"""What a fit is told: ``FitSettings`` (how ``distill`` fits, chosen by the user), on a base
+``RunSettings`` it shares with ``sfd.SfdSettings`` (seeds, teacher, steps, batches, memory),
+and ``SolverSetup`` (what every run of the student shares, fixed by the model and the base
+solver)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..learned_samplers import BASE_SOLVERS, HISTORY
 
@@ -24,7 +26,39 @@ def replaced(settings, kind: str, changes: dict):
 
 
 @dataclass(frozen=True)
-class FitSettings:
+class RunSettings:
+    """What every fit of this package shares, each kind with its own defaults: samples and
+    validation (training and validation start noises), seed (the noises and the fit's draws),
+    iterations (gradient steps), batch_size (training samples per step, put through the model
+    micro_batch at a time: the gradient accumulated, the memory of a micro_batch step),
+    validate_every (iterations between validation runs), inference_batch_size (samples per
+    model run without gradients: the bound on memory outside the gradient steps), teacher_base
+    and teacher_steps (the teacher's solver and step count), use_checkpoint (recompute each
+    model call in backward; "auto": decided by the fit) and dtype (autocast dtype for the model
+    calls). ``replace(**changes)`` makes a variant, refusing an unknown name."""
+
+    KIND: ClassVar[str] = "fit"  # how an error message names these settings
+
+    samples: int = 64
+    validation: int = 64
+    seed: int = 0
+    iterations: int = 40
+    batch_size: int = 3
+    micro_batch: int = 2
+    validate_every: int = 10
+    inference_batch_size: int = 16
+    teacher_base: str = "unipc_bh2"
+    teacher_steps: int = 32
+    use_checkpoint: Any = "auto"
+    dtype: Any = None
+
+    def replace(self, **changes):
+        """A copy with ``changes``; an unknown name is refused with the valid ones."""
+        return replaced(self, self.KIND, changes)
+
+
+@dataclass(frozen=True)
+class FitSettings(RunSettings):
     """How ``distill`` fits; every field has a default, ``replace(**changes)`` makes a variant.
 
     method: one of METHODS. base: the base solver the corrections sit on ("auto": the best of
@@ -51,31 +85,15 @@ class FitSettings:
 
     method: str = "auto"
     base: str = "auto"
-    teacher_base: str = "unipc_bh2"
-    teacher_steps: int = 32
     teacher_tolerance: Any = "auto"
     init_sigmas: Any = "auto"
-    samples: int = 64
-    validation: int = 64
-    seed: int = 0
-    iterations: int = 40
-    batch_size: int = 3
-    micro_batch: int = 2
-    validate_every: int = 10
-    inference_batch_size: int = 16
     lr: dict | None = field(default=None, hash=False)
     loss: str = "capped"
     slack: float = 0.001
     decoupled: bool = True
     history: int = 3
     rounds: int = 3
-    use_checkpoint: Any = "auto"
-    dtype: Any = None
     dode_samples: int | None = None
-
-    def replace(self, **changes) -> FitSettings:
-        """A copy with ``changes``; an unknown name is refused with the valid ones."""
-        return replaced(self, "fit", changes)
 
     def check(self) -> FitSettings:
         """Raise ValueError naming the fix for a value no fit can use; returns self."""
@@ -119,4 +137,4 @@ class SolverSetup:
         return {"base": self.base, "convention": self.convention, "corrector": self.corrector}
 
 
-__all__ = ["FitSettings", "LOSSES", "METHODS", "SolverSetup", "replaced"]
+__all__ = ["FitSettings", "LOSSES", "METHODS", "RunSettings", "SolverSetup", "replaced"]

@@ -28,7 +28,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -43,7 +43,7 @@ from .lora import COMFYUI_PREFIX, LoraAdapters, save_lora
 from .memory import checkpointed_model, frozen_weights
 from .pipeline import candidate_schedules, distill, start_states
 from .scoring import builtin_pairs, error_summary, mean_error, overall_rmse, per_sample_errors, ratio_interval
-from .settings import SolverSetup, replaced
+from .settings import RunSettings, SolverSetup
 from .teacher import record_teacher, refine_teacher, teacher_grid
 
 # where a student step starts in training (``SfdSettings.inputs``)
@@ -53,8 +53,9 @@ GRID_PROBES = 8
 
 
 @dataclass(frozen=True)
-class SfdSettings:
-    """How ``distill_network`` fits; ``replace(**changes)`` makes a variant.
+class SfdSettings(RunSettings):
+    """How ``distill_network`` fits (``RunSettings``' fields with SFD's defaults, and its own);
+    ``replace(**changes)`` makes a variant.
 
     rank: the LoRA rank. iterations: optimiser steps; each puts ``batch_size`` training samples
     (``micro_batch`` at a time) through every student step. samples, validation: training and
@@ -72,28 +73,21 @@ class SfdSettings:
     ``solver``, a dict of FitSettings fields). dtype: autocast dtype for model calls. seed: noises, adapters, draws.
     """
 
-    rank: int = 8
-    iterations: int = 400
+    KIND: ClassVar[str] = "SFD"
+
     samples: int = 128
     validation: int = 32
+    iterations: int = 400
     batch_size: int = 8
     micro_batch: int = 8
+    validate_every: int = 25
+    teacher_base: str = "dpmpp_3m"
+    rank: int = 8
     lr: float = 2e-3
     grid: Any = "auto"
-    teacher_base: str = "dpmpp_3m"
-    teacher_steps: int = 32
-    validate_every: int = 25
-    inference_batch_size: int = 16
-    use_checkpoint: Any = "auto"
     inputs: str = "teacher"
     with_solver: bool = False
     solver: dict | None = field(default=None, hash=False)
-    dtype: Any = None
-    seed: int = 0
-
-    def replace(self, **changes) -> SfdSettings:
-        """A copy with ``changes``; an unknown name is refused with the valid ones."""
-        return replaced(self, "SFD", changes)
 
     def check(self) -> SfdSettings:
         if self.inputs not in INPUTS:
