@@ -155,7 +155,7 @@ def reset_peak(device):
 
 
 def measure(name, resolution, mode, device, args):
-    from learned_solvers.distill.comfyui import distill_model
+    from learned_solvers.hosts.comfyui.fitting import distill_model
 
     # on a CPU the peaks are the process's resident memory, so count from what it held before the model
     before = _process_memory_kib("VmRSS:") / 2 ** 20 if _tracks_process_memory(device) else 0.0
@@ -261,7 +261,7 @@ def estimate(name, resolution, mode, args):
     """One gradient step of the fit (NFE 5, one sample) on meta tensors: its estimated peak."""
     import comfy.model_patcher
 
-    from learned_solvers.distill.comfyui import _constant_weights
+    from learned_solvers.hosts.comfyui.fitting import _constant_weights
     from learned_solvers.distill.fit import _loss
     from learned_solvers.distill.memory import checkpointed_blocks, checkpointed_model
     from learned_solvers.learned_samplers import sample_learned

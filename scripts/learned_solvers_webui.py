@@ -2,7 +2,7 @@
 ``scripts/*.py`` of an extension at start-up, ComfyUI only the folder's ``__init__.py``.
 
 Glue only: it loads this folder as the ``learned_solvers`` package, hands WebUI's modules to
-``learned_solvers.schedules.webui`` and ``learned_solvers.distill.webui`` (which hold the
+``learned_solvers.hosts.webui.samplers`` and ``learned_solvers.hosts.webui.fitting`` (which hold the
 logic) and adds what WebUI asks of an extension: the entries at start-up, the API routes
 (rescan the folder; distill for the loaded checkpoint), and the infotext.
 """
@@ -29,9 +29,9 @@ def _load_package():
 
 _load_package()
 
-from learned_solvers.distill import webui as fitting  # noqa: E402
+from learned_solvers.hosts.webui import fitting  # noqa: E402
 from learned_solvers.distill.cost import progress_text  # noqa: E402
-from learned_solvers.schedules import webui  # noqa: E402
+from learned_solvers.hosts.webui import samplers as webui  # noqa: E402
 from learned_solvers.schedules.files import new_file_path, save_learned_solver  # noqa: E402
 from modules import (paths, processing, script_callbacks, scripts, sd_samplers, sd_samplers_common,  # noqa: E402
                      sd_samplers_kdiffusion, sd_schedulers, shared)

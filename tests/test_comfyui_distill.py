@@ -38,7 +38,7 @@ def few_validation_seeds(pack, monkeypatch):
     import sys
 
     for module in list(sys.modules.values()):
-        if (getattr(module, "__name__", "").endswith("distill.comfyui")
+        if (getattr(module, "__name__", "").endswith("hosts.comfyui.fitting")
                 and hasattr(getattr(module, "distill_model", None), "__kwdefaults__")):
             defaults = dict(module.distill_model.__kwdefaults__, validation=8)
             monkeypatch.setattr(module.distill_model, "__kwdefaults__", defaults)
@@ -141,7 +141,7 @@ class FakeClip:
 
 
 def test_each_sample_runs_with_its_own_prompt():
-    from learned_solvers.distill.comfyui import run_guided
+    from learned_solvers.hosts.comfyui.fitting import run_guided
 
     model = tiny_model("eps")
     positive, negative = tiny_conditioning()
@@ -271,7 +271,7 @@ def test_block_checkpointing_of_real_networks_gives_the_same_gradient(kind):
     """Flux's double blocks update their text input in place; the recomputation must still see
     the original values (the gradient with respect to the state matches the unblocked one)."""
     from learned_solvers.distill import checkpointed_blocks, checkpointed_model
-    from learned_solvers.distill.comfyui import _constant_weights
+    from learned_solvers.hosts.comfyui.fitting import _constant_weights
 
     patcher = tiny_model(kind).clone()
     positive, _ = tiny_conditioning(kind=kind)

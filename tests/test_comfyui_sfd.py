@@ -160,7 +160,7 @@ def test_cancel_mid_sfd_leaves_no_file_and_no_hook(pack, models_dir, monkeypatch
 
 
 def test_sfd_with_a_learned_solver_on_top_on_a_flow_model(pack, models_dir):
-    from learned_solvers.distill.comfyui import distill_network_model
+    from learned_solvers.hosts.comfyui.fitting import distill_network_model
 
     model = tiny_model("flow")
     positive, negative = tiny_conditioning()

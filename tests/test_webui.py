@@ -1,4 +1,4 @@
-"""The WebUI entries (``schedules.webui``) against stand-ins for WebUI's modules: what the real
+"""The WebUI entries (``hosts.webui.samplers``) against stand-ins for WebUI's modules: what the real
 Forge test (``test_webui_server.py``) cannot reach cheaply, checked without WebUI."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from learned_solvers.learned_samplers import GaussianMixtureDenoiser, sample_learned
-from learned_solvers.schedules import files, webui
+from learned_solvers.schedules import files
+from learned_solvers.hosts.webui import samplers as webui
 from learned_solvers.schedules.files import load_learned_solver
 from learned_solvers.schedules.solver import ModelFamilyError
 
@@ -154,9 +155,9 @@ def test_the_infotext_names_each_learned_file_once_with_its_hash(tmp_path):
     assert len(webui.file_hash(str(PRESET))) == webui.HASH_LENGTH
 
 
-# --- the fit inside WebUI's processing (``distill.webui``), against stand-ins --------------------
+# --- the fit inside WebUI's processing (``hosts.webui.fitting``), against stand-ins --------------------
 
-from learned_solvers.distill import webui as fitting  # noqa: E402
+from learned_solvers.hosts.webui import fitting  # noqa: E402
 from learned_solvers.distill.discrete import is_discrete  # noqa: E402
 from learned_solvers.schedules.grids import discrete_vp_sigmas  # noqa: E402
 

@@ -12,7 +12,7 @@ import pytest
 
 from webui_server import REFERENCE_EXTENSION, ROOT, ForgeServer, forge_path
 
-from learned_solvers.schedules.webui import file_hash
+from learned_solvers.hosts.webui.samplers import file_hash
 
 FORGE = forge_path()
 pytestmark = pytest.mark.skipif(FORGE is None or not (FORGE / "venv" / "bin" / "python").exists(),

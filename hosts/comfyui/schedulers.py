@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
-from .files import EXTENSION, FOLDER, PRESETS, LearnedSolverFileError, load_learned_solver, new_file_path
-from .solver import ModelFamilyError, parse_nfes
+from ...schedules.files import EXTENSION, FOLDER, PRESETS, LearnedSolverFileError, load_learned_solver, new_file_path
+from ...schedules.solver import ModelFamilyError, parse_nfes
 PRESET_PREFIX = "preset: "
 SCHEDULER_PREFIX = "learned: "
 log = logging.getLogger("learned_solvers")

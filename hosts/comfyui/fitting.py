@@ -26,15 +26,15 @@ import math
 
 import torch
 
-from ..schedules.comfyui import host_schedules, model_facts
-from .compare import compare_solvers
-from .discrete import fractional_timestep, snap_to_discrete
-from .memory import LARGE_MODEL_BYTES, MEMORY_MODES, checkpointed_blocks
-from .memory import memory_plan as plan_for
-from .pipeline import distill
-from .prompts import route_prompts
-from .settings import FitSettings
-from .sfd import SfdSettings, distill_network
+from ...distill.compare import compare_solvers
+from ...distill.discrete import fractional_timestep, snap_to_discrete
+from ...distill.memory import LARGE_MODEL_BYTES, MEMORY_MODES, checkpointed_blocks
+from ...distill.memory import memory_plan as plan_for
+from ...distill.pipeline import distill
+from ...distill.prompts import route_prompts
+from ...distill.settings import FitSettings
+from ...distill.sfd import SfdSettings, distill_network
+from .schedulers import host_schedules, model_facts
 
 
 

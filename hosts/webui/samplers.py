@@ -24,8 +24,8 @@ import os
 
 import torch
 
-from .files import EXTENSION, FOLDER, PRESETS, LearnedSolverFileError, load_learned_solver
-from .solver import ModelFamilyError
+from ...schedules.files import EXTENSION, FOLDER, PRESETS, LearnedSolverFileError, load_learned_solver
+from ...schedules.solver import ModelFamilyError
 
 LABEL_PREFIX = "Learned: "
 NAME_PREFIX = "learned_"

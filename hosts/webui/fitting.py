@@ -22,14 +22,14 @@ import math
 
 import torch
 
-from ..learned_samplers import BASE_SOLVERS
-from ..schedules.solver import parse_nfes
-from ..schedules.webui import host_schedules, model_convention
-from .discrete import fractional_timestep, is_discrete, snap_to_discrete
-from .fit import FitCancelled
-from .memory import MEMORY_MODES, checkpointed_blocks, frozen_weights, memory_plan
-from .pipeline import distill
-from .settings import METHODS, FitSettings
+from ...distill.discrete import fractional_timestep, is_discrete, snap_to_discrete
+from ...distill.fit import FitCancelled
+from ...distill.memory import MEMORY_MODES, checkpointed_blocks, frozen_weights, memory_plan
+from ...distill.pipeline import distill
+from ...distill.settings import METHODS, FitSettings
+from ...learned_samplers import BASE_SOLVERS
+from ...schedules.solver import parse_nfes
+from .samplers import host_schedules, model_convention
 
 DRIVER = "Learned solvers: fitting"
 
@@ -243,7 +243,7 @@ def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: f
     and these, holding every second one out of training (``distill``'s ``prompts``). width, height: pixels (the latent is 4 x 1/8 of each).
     network(): the model's network, whose weights stay out of autograd; provenance(): what the
     file records of the model (both functions, asked once the checkpoint is loaded). WebUI's
-    own schedules for this model (``schedules.webui.host_schedules``) are scored with the
+    own schedules for this model (``samplers.host_schedules``) are scored with the
     built-ins.
     ``settings`` are ``FitSettings`` fields (method, samples, iterations, ...); each model call
     is recomputed in backward (the memory of one call per gradient step), and with memory
