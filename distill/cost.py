@@ -124,23 +124,24 @@ class CallCounter:
         return {kind: self.total(kind) - mark.get(kind, 0) for kind in KINDS}
 
 
-def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterations: int, batch_size: int,
-                  validate_every: int, checkpoint: bool, teacher_steps: int, gradient_fit: bool = True,
-                  own_pairs: int = 0, probes=(3, 6), shortlist: int = 12, finalists: int = 3,
-                  corrections: int = 0, screen: int = 0) -> dict:
+def planned_calls(settings, *, nfe: int, pairs: int, own_pairs: int = 0, probes=(3, 6), shortlist: int = 12,
+                  finalists: int = 3, corrections: int = 0, screen: int = 0) -> dict:
     """The sample-calls one NFE's fit is planned to make after the teacher: {kind: calls}.
+    settings: the fit's ``FitSettings`` (samples, validation, iterations, batch_size,
+    validate_every, teacher_steps, method; use_checkpoint as decided, a bool).
 
     floor (``pipeline._floor``): the ``pairs`` built-in and ``own_pairs`` trajectory pairs on
     ``probes[0]`` training samples, the best ``shortlist`` (and 2 own) on ``probes[1]`` more,
     the best ``finalists`` (and 1 own) on the validation samples;
     fit: one run of the ``corrections`` samples the closed-form coefficients are fitted on
     (``fit.fit_corrections``), ``iterations`` x ``batch_size`` unrolled runs of ``nfe`` calls (twice with
-    ``checkpoint``, once backward), validation every ``validate_every`` iterations and at the
+    checkpointing, once backward), validation every ``validate_every`` iterations and at the
     start and end (the selection reuses the best snapshot's errors); the selection: the fitted
     solver on ``screen`` fresh seeds (``pipeline.SCREEN_SAMPLES``, a divergence check). D-ODE
-    (``gradient_fit`` False) instead runs the teacher again on the training samples (about
+    (method "dode") instead runs the teacher again on the training samples (about
     ``teacher_steps`` calls, keeping its states on the floor's grid) and the student once.
     """
+    samples, validation = settings.samples, settings.validation
     first = min(probes[0], samples)
     second = min(probes[1], samples - first)
 
@@ -148,23 +149,22 @@ def planned_calls(*, nfe: int, samples: int, validation: int, pairs: int, iterat
         return candidates * first + min(kept, candidates) * second + min(final, candidates) * validation
 
     floor = nfe * (rounds(pairs, shortlist, finalists) + (rounds(own_pairs, 2, 1) if own_pairs else 0))
-    if not gradient_fit:  # D-ODE: a teacher run of the training samples on the floor's grid, one solve
-        return {"inference": floor + samples * (teacher_steps + nfe) + (validation + screen) * nfe, "gradient": 0,
-                "backward": 0}
-    one_fit = fit_calls(nfe=nfe, validation=validation, iterations=iterations, batch_size=batch_size,
-                        validate_every=validate_every, checkpoint=checkpoint, corrections=corrections)
+    if settings.method == "dode":  # a teacher run of the training samples on the floor's grid, one solve
+        return {"inference": floor + samples * (settings.teacher_steps + nfe) + (validation + screen) * nfe,
+                "gradient": 0, "backward": 0}
+    one_fit = fit_calls(settings, nfe=nfe, validation=validation, corrections=corrections)
     return {**one_fit, "inference": floor + one_fit["inference"] + screen * nfe}
 
 
-def fit_calls(*, nfe: int, validation: int, iterations: int, batch_size: int, validate_every: int,
-              checkpoint: bool, corrections: int = 0) -> dict:
-    """The sample-calls of one gradient fit from one start ({kind: calls}): the closed-form first
-    coefficients, the unrolled runs and the validations of ``planned_calls``; a fit from a second
-    start (``pipeline._floor``) makes as many again."""
-    runs = iterations * batch_size * nfe
-    validations = 1 + math.ceil(iterations / validate_every)
+def fit_calls(settings, *, nfe: int, validation: int, corrections: int = 0) -> dict:
+    """The sample-calls of one gradient fit from one start ({kind: calls}) on ``validation``
+    validation samples: the closed-form first coefficients, the unrolled runs and the
+    validations of ``planned_calls``; a fit from a second start (``pipeline._floor``) makes as
+    many again."""
+    runs = settings.iterations * settings.batch_size * nfe
+    validations = 1 + math.ceil(settings.iterations / settings.validate_every)
     inference = validations * validation * nfe + corrections * nfe
-    return {"inference": inference, "gradient": runs * (2 if checkpoint else 1), "backward": runs}
+    return {"inference": inference, "gradient": runs * (2 if settings.use_checkpoint else 1), "backward": runs}
 
 
 class TimeLeft:

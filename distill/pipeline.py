@@ -285,11 +285,8 @@ def _plan(run: FitRun, pairs_by_nfe: dict, nfes: int):
     for n, pairs in pairs_by_nfe.items():
         if not pairs:
             raise ValueError(f"no schedule gives a valid {n}-step grid on this model's range")
-        plan = planned_calls(nfe=n, samples=s.samples, validation=s.validation, pairs=len(pairs),
-                             own_pairs=len(run.bases) if run.own_grids else 0, corrections=run.kept,
-                             iterations=s.iterations, batch_size=s.batch_size, validate_every=s.validate_every,
-                             checkpoint=bool(s.use_checkpoint), teacher_steps=s.teacher_steps,
-                             gradient_fit=s.method != "dode", probes=FLOOR_PROBES, shortlist=FLOOR_SHORTLIST,
+        plan = planned_calls(s, nfe=n, pairs=len(pairs), own_pairs=len(run.bases) if run.own_grids else 0,
+                             corrections=run.kept, probes=FLOOR_PROBES, shortlist=FLOOR_SHORTLIST,
                              finalists=FLOOR_FINALISTS, screen=SCREEN_SAMPLES)
         for kind, calls in plan.items():
             run.time_left.plan(kind, calls)
@@ -379,9 +376,7 @@ def _fit_nfe(run: FitRun, n: int, pairs: list, first_round, index: int) -> Fitte
         starts = starts[:1]
     if len(starts) > 1:  # the second fit's steps and calls join the progress and the plan now that they are known
         run.total += s.iterations
-        for kind, calls in fit_calls(nfe=n, validation=len(run.held), iterations=s.iterations,
-                                     batch_size=s.batch_size, validate_every=s.validate_every,
-                                     checkpoint=bool(s.use_checkpoint), corrections=run.kept).items():
+        for kind, calls in fit_calls(s, nfe=n, validation=len(run.held), corrections=run.kept).items():
             run.time_left.plan(kind, calls)
     with counter.phase("fit"):
         fitted = []
