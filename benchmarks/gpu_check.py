@@ -8,7 +8,8 @@ For each model (SD1.5 at 512², SDXL and Flux-dev at 1024², random bf16 weights
 own classes, ``comfyui_memory.build``; ``tiny``: the tests' tiny SD1.5-architecture UNet at 64²)
 it runs the Distill Sampler's fit as the node does (``hosts.comfyui.fitting.distill_model``), NFE
 4, CFG 7 (Flux: CFG 1, its guidance 3.5), with fewer seeds and steps than the node's defaults
-(``SHORT``) so that three models fit in a few minutes, and records per phase (teacher, floor,
+(``SHORT``) so that three models fit in a few minutes (each fit is stopped at its share of the
+budget, and says so), and records per phase (teacher, floor,
 fit, selection) the wall time, the model calls and the peak memory; from the measured seconds
 per call it projects the node's run at its full defaults (the calls of ``cost.planned_calls``
 and the teacher's, with as many seeds refined as in the short run). Then a short SFD fit
@@ -39,9 +40,11 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024, "tiny": 64}
-# the short fit: the node's defaults with fewer seeds and steps (teacher, floor and gradient
-# steps run as at the defaults, so their per-call times hold)
-SHORT = dict(samples=8, validation=8, iterations=6)
+# the short fit: the node's defaults with fewer seeds, steps and base solvers, and a smaller
+# divergence screen (SHORT_SCREEN). Its runs without gradients batch 8 seeds at most where the
+# node batches up to 16, so its seconds per call, and the projection, are upper bounds on a GPU
+SHORT = dict(samples=4, validation=4, iterations=4, teacher_steps=16, base="dpmpp_2m")
+SHORT_SCREEN = 8
 # seconds per sample-call (a CFG pair, one sample) measured on an H200 with the first version:
 # what --device meta projects from (README: "What a fit costs")
 H200_CALL_SECONDS = {"sd15": 0.052, "sdxl": 0.068, "flux": 0.349, "tiny": 0.001}
@@ -135,16 +138,26 @@ def full_calls(patcher, refined_share: float, steps: int = 4) -> dict:
     return {"inference": plan["inference"] + teacher, "gradient": plan["gradient"]}
 
 
-def check_distill(name: str, device, say) -> dict:
-    """The short Distill fit of ``name``: per phase seconds, calls and peak GiB, and the projection."""
+def check_distill(name: str, device, say, deadline: float) -> dict:
+    """The short Distill fit of ``name``: per phase seconds, calls and peak GiB, and the
+    projection; stopped (and so recorded) where it runs past ``deadline`` (time.monotonic())."""
+    from learned_solvers.distill import pipeline
+    from learned_solvers.distill.fit import FitCancelled
     from learned_solvers.hosts.comfyui.fitting import distill_model
 
     patcher, positive, negative, cfg, latent = case(name, device)
     memory = PhaseMemory(device)
     began = time.perf_counter()
-    with memory.tracking():
-        solver = distill_model(patcher, positive, negative, latent, cfg, nfe=[4], **SHORT,
-                               progress=lambda step, total, *_: say(f"  {name} distill {step}/{total}"))
+    screen, pipeline.SCREEN_SAMPLES = pipeline.SCREEN_SAMPLES, SHORT_SCREEN
+    try:
+        with memory.tracking():
+            solver = distill_model(patcher, positive, negative, latent, cfg, nfe=[4], **SHORT,
+                                   progress=lambda step, total, *_: say(f"  {name} distill {step}/{total}"),
+                                   cancel=lambda: time.monotonic() > deadline)
+    except FitCancelled:
+        return {"stopped": f"its share of the budget ran out after {time.perf_counter() - began:.0f} s"}
+    finally:
+        pipeline.SCREEN_SAMPLES = screen
     seconds = time.perf_counter() - began
     cost = solver.provenance["cost"]
     per_inference, per_gradient = per_call_seconds(cost["phases"])
@@ -160,7 +173,7 @@ def check_distill(name: str, device, say) -> dict:
         "memory": solver.provenance.get("memory"), "full_calls": full, "projected_full_s": round(projected, 0)}
 
 
-def check_sfd(name: str, device, iterations: int, say) -> dict:
+def check_sfd(name: str, device, iterations: int, say, deadline: float) -> dict:
     """A short SFD fit of ``name``: seconds per iteration, projected to SFD's default iterations."""
     from learned_solvers.distill.sfd import SfdSettings
     from learned_solvers.hosts.comfyui.fitting import distill_network_model
@@ -173,11 +186,17 @@ def check_sfd(name: str, device, iterations: int, say) -> dict:
             stamps.append(time.perf_counter())
         say(f"  {name} sfd {step}/{total}")
 
+    from learned_solvers.distill.fit import FitCancelled
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
-    distill_network_model(patcher, positive, negative, latent, cfg, nfe=2, iterations=iterations, samples=8,
-                          validation=4, teacher_steps=8, progress=progress)
+    try:
+        distill_network_model(patcher, positive, negative, latent, cfg, nfe=2, iterations=iterations, samples=4,
+                              validation=2, teacher_steps=8, progress=progress,
+                              cancel=lambda: time.monotonic() > deadline)
+    except FitCancelled:
+        return {"stopped": f"its share of the budget ran out after {time.perf_counter() - began:.0f} s"}
     seconds = time.perf_counter() - began
     gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
     per_iteration = gaps[len(gaps) // 2] if gaps else float("nan")
@@ -219,20 +238,25 @@ def table(results: dict, device_name: str) -> str:
             lines.append(f"| {name} | skipped: {record['skipped']} | | | | | | | |")
             continue
         distill = record.get("distill", {})
-        if distill.get("estimated"):
+        if "stopped" in distill:
+            lines.append(f"| {name} | distill stopped: {distill['stopped']} | | | | | | | |")
+        elif distill.get("estimated"):
             ms = distill["per_call_ms"]
             lines.append(f"| {name} | distill, estimated | | | | | {ms['inference']:.0f} / {ms['gradient']:.0f} | | "
                          f"about {distill['projected_full_s'] / 60:.0f} min (estimated) |")
             continue
-        phases = distill["phases"]
-        ms = distill["per_call_ms"]
-        peaks = "/".join("-" if phases[p]["peak_gib"] is None else f"{phases[p]['peak_gib']:.1f}"
-                         for p in ("teacher", "fit"))
-        lines.append(f"| {name} | distill ({distill['memory']}) | " + " | ".join(
-            f"{phases[p]['seconds']:.1f}" for p in PHASES) + f" | {ms['inference']:.1f} / {ms['gradient']:.1f} | "
-            f"{peaks} | {distill['projected_full_s'] / 60:.1f} min |")
+        else:
+            phases = distill["phases"]
+            ms = distill["per_call_ms"]
+            peaks = "/".join("-" if phases[p]["peak_gib"] is None else f"{phases[p]['peak_gib']:.1f}"
+                             for p in ("teacher", "fit"))
+            lines.append(f"| {name} | distill ({distill['memory']}) | " + " | ".join(
+                f"{phases[p]['seconds']:.1f}" for p in PHASES) + f" | {ms['inference']:.1f} / {ms['gradient']:.1f} | "
+                f"{peaks} | {distill['projected_full_s'] / 60:.1f} min |")
         sfd = record.get("sfd")
-        if sfd:
+        if sfd and "stopped" in sfd:
+            lines.append(f"| {name} | SFD stopped: {sfd['stopped']} | | | | | | | |")
+        elif sfd:
             lines.append(f"| {name} | SFD, {sfd['per_iteration_s']:.2f} s / iteration | | | {sfd['seconds']:.1f} | | | "
                          f"{'-' if sfd['peak_gib'] is None else sfd['peak_gib']} | "
                          f"{sfd['projected_iterations_s'] / 60:.1f} min of iterations |")
@@ -279,10 +303,10 @@ def main(argv=None) -> int:
         try:
             if device.type == "meta":
                 results[name] = {"distill": estimated(name)}
-            else:
-                results[name] = {"distill": check_distill(name, device, say)}
-                if time.monotonic() - began < args.budget_s * 0.9:
-                    results[name]["sfd"] = check_sfd(name, device, args.sfd_iterations, say)
+            else:  # the Distill fit may take 3/4 of this model's share, SFD the rest
+                start = time.monotonic()
+                results[name] = {"distill": check_distill(name, device, say, start + 0.75 * share)}
+                results[name]["sfd"] = check_sfd(name, device, args.sfd_iterations, say, start + share)
         except torch.OutOfMemoryError:
             results[name] = {"skipped": "out of memory"}
         say(f"{name}: done", force=True)
