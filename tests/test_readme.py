@@ -27,6 +27,16 @@ def test_every_link_between_the_docs_leads_to_a_file():
                 assert (doc.parent / target).exists(), f"{doc.name} links {target}"
 
 
+def test_the_readme_names_the_test_command_ci_runs():
+    """A newcomer sets up and runs the tests with the README's commands alone: the test command is
+    in a code block, it is the one .ci/run runs, and it installs the package before pytest."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    assert any(line.strip() == "bash tests/run.sh" for block in blocks for line in block.splitlines())
+    assert "exec bash tests/run.sh" in (ROOT / ".ci" / "run").read_text()
+    run = (ROOT / "tests" / "run.sh").read_text()
+    assert run.index("pip install -q torch==2.13.0") < run.index('pip install -q -e ".[test]"') < run.index("pytest")
+
+
 def test_the_readmes_commands_are_ones_the_command_line_takes():
     from learned_solvers.__main__ import build_parser
 
