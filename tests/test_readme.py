@@ -34,7 +34,7 @@ def test_the_readme_names_the_test_command_ci_runs():
     assert any(line.strip() == "bash tests/run.sh" for block in blocks for line in block.splitlines())
     assert "exec bash tests/run.sh" in (ROOT / ".ci" / "run").read_text()
     run = (ROOT / "tests" / "run.sh").read_text()
-    assert run.index("pip install -q torch==2.13.0") < run.index('pip install -q -e ".[test]"') < run.index("pytest")
+    assert run.index("pip install -q torch==2.13.0") < run.index('pip install -q -e ".[test]"') < run.index("exec python -m pytest")
 
 
 def test_the_readmes_commands_are_ones_the_command_line_takes():
