@@ -138,14 +138,14 @@ def full_calls(patcher, refined_share: float, steps: int = 4) -> dict:
     return {"inference": plan["inference"] + teacher, "gradient": plan["gradient"]}
 
 
-def check_distill(name: str, device, say, deadline: float) -> dict:
+def check_distill(name: str, built: tuple, device, say, deadline: float) -> dict:
     """The short Distill fit of ``name``: per phase seconds, calls and peak GiB, and the
     projection; stopped (and so recorded) where it runs past ``deadline`` (time.monotonic())."""
     from learned_solvers.distill import pipeline
     from learned_solvers.distill.fit import FitCancelled
     from learned_solvers.hosts.comfyui.fitting import distill_model
 
-    patcher, positive, negative, cfg, latent = case(name, device)
+    patcher, positive, negative, cfg, latent = built
     memory = PhaseMemory(device)
     began = time.perf_counter()
     screen, pipeline.SCREEN_SAMPLES = pipeline.SCREEN_SAMPLES, SHORT_SCREEN
@@ -173,12 +173,12 @@ def check_distill(name: str, device, say, deadline: float) -> dict:
         "memory": solver.provenance.get("memory"), "full_calls": full, "projected_full_s": round(projected, 0)}
 
 
-def check_sfd(name: str, device, iterations: int, say, deadline: float) -> dict:
+def check_sfd(name: str, built: tuple, device, iterations: int, say, deadline: float) -> dict:
     """A short SFD fit of ``name``: seconds per iteration, projected to SFD's default iterations."""
     from learned_solvers.distill.sfd import SfdSettings
     from learned_solvers.hosts.comfyui.fitting import distill_network_model
 
-    patcher, positive, negative, cfg, latent = case(name, device)
+    patcher, positive, negative, cfg, latent = built
     stamps = []
 
     def progress(step, total, loss, *_):
@@ -237,30 +237,31 @@ def table(results: dict, device_name: str) -> str:
         if "skipped" in record:
             lines.append(f"| {name} | skipped: {record['skipped']} | | | | | | | |")
             continue
-        distill = record.get("distill", {})
-        if "stopped" in distill:
-            lines.append(f"| {name} | distill stopped: {distill['stopped']} | | | | | | | |")
-        elif distill.get("estimated"):
-            ms = distill["per_call_ms"]
-            lines.append(f"| {name} | distill, estimated | | | | | {ms['inference']:.0f} / {ms['gradient']:.0f} | | "
-                         f"about {distill['projected_full_s'] / 60:.0f} min (estimated) |")
-            continue
-        else:
-            phases = distill["phases"]
-            ms = distill["per_call_ms"]
-            peaks = "/".join("-" if phases[p]["peak_gib"] is None else f"{phases[p]['peak_gib']:.1f}"
-                             for p in ("teacher", "fit"))
-            lines.append(f"| {name} | distill ({distill['memory']}) | " + " | ".join(
-                f"{phases[p]['seconds']:.1f}" for p in PHASES) + f" | {ms['inference']:.1f} / {ms['gradient']:.1f} | "
-                f"{peaks} | {distill['projected_full_s'] / 60:.1f} min |")
-        sfd = record.get("sfd")
-        if sfd and "stopped" in sfd:
-            lines.append(f"| {name} | SFD stopped: {sfd['stopped']} | | | | | | | |")
-        elif sfd:
-            lines.append(f"| {name} | SFD, {sfd['per_iteration_s']:.2f} s / iteration | | | {sfd['seconds']:.1f} | | | "
-                         f"{'-' if sfd['peak_gib'] is None else sfd['peak_gib']} | "
-                         f"{sfd['projected_iterations_s'] / 60:.1f} min of iterations |")
+        lines.append(_distill_row(name, record["distill"]))
+        if record.get("sfd"):
+            lines.append(_sfd_row(name, record["sfd"]))
     return "\n".join(lines) + "\n"
+
+
+def _distill_row(name: str, distill: dict) -> str:
+    if "stopped" in distill:
+        return f"| {name} | distill stopped: {distill['stopped']} | | | | | | | |"
+    ms = distill["per_call_ms"]
+    if distill.get("estimated"):
+        return (f"| {name} | distill, estimated | | | | | {ms['inference']:.0f} / {ms['gradient']:.0f} | | "
+                f"about {distill['projected_full_s'] / 60:.0f} min (estimated) |")
+    phases = distill["phases"]
+    peaks = "/".join("-" if phases[p]["peak_gib"] is None else f"{phases[p]['peak_gib']:.1f}" for p in ("teacher", "fit"))
+    return (f"| {name} | distill ({distill['memory']}) | " + " | ".join(f"{phases[p]['seconds']:.1f}" for p in PHASES)
+            + f" | {ms['inference']:.1f} / {ms['gradient']:.1f} | {peaks} | {distill['projected_full_s'] / 60:.1f} min |")
+
+
+def _sfd_row(name: str, sfd: dict) -> str:
+    if "stopped" in sfd:
+        return f"| {name} | SFD stopped: {sfd['stopped']} | | | | | | | |"
+    return (f"| {name} | SFD, {sfd['per_iteration_s']:.2f} s / iteration | | | {sfd['seconds']:.1f} | | | "
+            f"{'-' if sfd['peak_gib'] is None else sfd['peak_gib']} | "
+            f"{sfd['projected_iterations_s'] / 60:.1f} min of iterations |")
 
 
 def main(argv=None) -> int:
@@ -304,9 +305,10 @@ def main(argv=None) -> int:
             if device.type == "meta":
                 results[name] = {"distill": estimated(name)}
             else:  # the Distill fit may take 3/4 of this model's share, SFD the rest
-                start = time.monotonic()
-                results[name] = {"distill": check_distill(name, device, say, start + 0.75 * share)}
-                results[name]["sfd"] = check_sfd(name, device, args.sfd_iterations, say, start + share)
+                start, built = time.monotonic(), case(name, device)  # built once: its weights serve both fits
+                results[name] = {"distill": check_distill(name, built, device, say, start + 0.75 * share)}
+                results[name]["sfd"] = check_sfd(name, built, device, args.sfd_iterations, say, start + share)
+                del built
         except torch.OutOfMemoryError:
             results[name] = {"skipped": "out of memory"}
         say(f"{name}: done", force=True)

@@ -166,7 +166,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
                    cancel)
     candidates_by_name = candidate_schedules(s.init_sigmas, sigma_min, sigma_max, convention, sigma_table, schedules)
     pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, run.bases, sigma_min, sigma_max, convention) for n in nfes}
-    _plan(run, pairs_by_nfe, len(nfes))
+    _plan(run, pairs_by_nfe)
     first_round, early_calls = _teach(run, start, pairs_by_nfe[nfes[-1]], teacher_model)
     _prepare_fits(run, shape, start)
     fits = {}
@@ -278,9 +278,10 @@ def _new_run(model, s: FitSettings, convention: str, sigma_range: tuple, split, 
                   cancel=cancel, step_costs=step_costs, kept=kept, split=split, assignment=assignment)
 
 
-def _plan(run: FitRun, pairs_by_nfe: dict, nfes: int):
+def _plan(run: FitRun, pairs_by_nfe: dict):
     """Every NFE's planned calls after the teacher into the time-left estimate, and the
-    progress count's first total (teacher batches at both first levels, every iteration)."""
+    progress count's parts: every fit's iterations and a first guess of the teacher's batches
+    (the teacher's progress corrects it; ``_prepare_fits`` adds them up)."""
     s = run.settings
     for n, pairs in pairs_by_nfe.items():
         if not pairs:
@@ -290,9 +291,8 @@ def _plan(run: FitRun, pairs_by_nfe: dict, nfes: int):
                              finalists=FLOOR_FINALISTS, screen=SCREEN_SAMPLES)
         for kind, calls in plan.items():
             run.time_left.plan(kind, calls)
-    run.iterations = nfes if s.method == "dode" else s.iterations * nfes
+    run.iterations = len(pairs_by_nfe) * (1 if s.method == "dode" else s.iterations)
     run.teacher_batches = 3 * -(-(s.samples + s.validation) // s.inference_batch_size)
-    run.total = run.teacher_batches + run.iterations
 
 
 def _teach(run: FitRun, start: torch.Tensor, largest_pairs: list, teacher_model) -> tuple:
