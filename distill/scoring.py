@@ -43,9 +43,8 @@ def _results(model, start: torch.Tensor, fit: FittedSteps, setup: SolverSetup, b
         for first in range(0, len(start), batch_size):
             chunk = slice(first, min(first + batch_size, len(start)))
             states = start[chunk].to(device=device, dtype=dtype or start.dtype)
-            yield chunk, sample_learned(model, states, fit.sigmas.to(states.dtype), rows_of(setup.extra_args, chunk),
-                                        None, True,
-                                        **options)
+            extra_args = rows_of(setup.extra_args, chunk)
+            yield chunk, sample_learned(model, states, fit.sigmas.to(states.dtype), extra_args, None, True, **options)
 
 
 def _rows(setup: SolverSetup, rows) -> SolverSetup:
