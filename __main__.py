@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from .distill.settings import METHODS, FitSettings
+from .distill.settings import METHODS, FitSettings, NoiseLevels, RunHooks
 from .learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
 from .schedules import SD15_SIGMA_MAX, SD15_SIGMA_MIN, exponential, karras, sd15_schedules
 
@@ -148,9 +148,9 @@ def compare(model_name: str, nfe: int, seeds: int, seed: int, solver=None, png: 
     model, shape, name = shipped_model(model_name)
     solver = load_learned_solver(solver) if isinstance(solver, str) else solver
     began = time.perf_counter()
-    result = compare_solvers(model, shape, sigma_min=SD15_SIGMA_MIN, sigma_max=SD15_SIGMA_MAX, nfe=nfe,
-                             convention="ve", solver=solver, samples=seeds, show=min(shown, seeds), seed=seed,
-                             sigma_table=discrete_vp_sigmas())
+    levels = NoiseLevels(SD15_SIGMA_MIN, SD15_SIGMA_MAX, convention="ve", sigma_table=discrete_vp_sigmas())
+    result = compare_solvers(model, shape, levels=levels, nfe=nfe, solver=solver, samples=seeds,
+                             show=min(shown, seeds), seed=seed)
     print(f"{name}:", file=out)
     print(result.table(limit), file=out)
     print(f"({time.perf_counter() - began:.0f} s)", file=out)
@@ -180,9 +180,9 @@ def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_m
     began = time.perf_counter()
     model, shape, name = shipped_model("mixture" if use_mixture else "unet")
     print(f"{name}: NFE {nfe}, method {method}", file=out)
-    solver = distill(model, shape, sigma_min=SD15_SIGMA_MIN, sigma_max=SD15_SIGMA_MAX, nfe=[nfe], method=method,
-                     iterations=iterations, seed=seed, convention="ve", sigma_table=discrete_vp_sigmas(),
-                     progress=Progress(out))
+    levels = NoiseLevels(SD15_SIGMA_MIN, SD15_SIGMA_MAX, convention="ve", sigma_table=discrete_vp_sigmas())
+    solver = distill(model, shape, levels=levels, nfe=[nfe], method=method, iterations=iterations, seed=seed,
+                     hooks=RunHooks(progress=Progress(out)))
     print(solver.summary(), file=out)
     result = compare(model_name="mixture" if use_mixture else "unet", nfe=nfe, seeds=32, seed=seed + 10_000,
                      solver=solver, out=out, shown=6, limit=6)

@@ -155,6 +155,7 @@ def reset_peak(device):
 
 
 def measure(name, resolution, mode, device, args):
+    from learned_solvers.distill import RunHooks
     from learned_solvers.hosts.comfyui.fitting import distill_model
 
     # on a CPU the peaks are the process's resident memory, so count from what it held before the model
@@ -178,7 +179,7 @@ def measure(name, resolution, mode, device, args):
     try:
         solver = distill_model(patcher, positive, negative, latent, cfg, nfe=[5], method="auto", base="dpmpp_2m",
                                teacher_steps=args.teacher_steps, samples=2, validation=1, iterations=args.iterations,
-                               batch_size=1, memory=mode, dtype=None, progress=progress)
+                               batch_size=1, memory=mode, dtype=None, hooks=RunHooks(progress=progress))
         plan = solver.provenance["memory"]
     except torch.OutOfMemoryError:
         error, plan = "out of memory", mode

@@ -50,7 +50,7 @@ import time
 
 import torch
 
-from learned_solvers.distill import METHODS, FitSettings, distill, refine_teacher, start_states
+from learned_solvers.distill import METHODS, FitSettings, NoiseLevels, RunHooks, distill, refine_teacher, start_states
 from learned_solvers.distill.scoring import ratio_interval
 from learned_solvers.learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
 from learned_solvers.schedules import builtin_schedules, discrete_vp_sigmas
@@ -78,8 +78,10 @@ def reference_run(model, held, batch):
     sigma_min, sigma_max = float(SD15[0]), float(SD15[-1])
     exact = model.to(dtype=torch.float64) if hasattr(model, "to") and not isinstance(model, torch.nn.Module) else None
     if exact is not None:
-        return refine_teacher(exact, held.double(), 128, sigma_min=sigma_min, sigma_max=sigma_max, batch_size=batch)
-    return refine_teacher(model, held, 128, sigma_min=sigma_min, sigma_max=sigma_max, batch_size=batch)
+        return refine_teacher(exact, held.double(), 128, levels=NoiseLevels(sigma_min, sigma_max),
+                              batch_size=batch)
+    return refine_teacher(model, held, 128, levels=NoiseLevels(sigma_min, sigma_max),
+                          batch_size=batch)
 
 
 def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,), changes=None):
@@ -88,8 +90,8 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,), 
     held = start_states(shape, held_out, sigma_max, "ve", seed=10_000)
     began = time.perf_counter()
     reference = reference_run(model, held, batch)
-    plain_teacher = refine_teacher(model, held, 32, sigma_min=sigma_min, sigma_max=sigma_max, batch_size=batch,
-                                   max_steps=32)
+    plain_teacher = refine_teacher(model, held, 32, levels=NoiseLevels(sigma_min, sigma_max),
+                                   batch_size=batch, max_steps=32)
     teacher_errors = errors_of(plain_teacher.final, reference.final)
     print(f"\n## {name}: {held_out} held-out seeds; reference: {reference.base} refined from 128 steps (up to "
           f"{reference.report()['max_steps']}), residual {reference.residual:.5f}, "
@@ -123,8 +125,9 @@ def run(name, model, shape, nfes, methods, held_out, out, batch=32, seeds=(0,), 
                 if not first_estimate and seconds_left == seconds_left:
                     first_estimate.append(time.perf_counter() - began + seconds_left)
 
-            solver = distill(model, shape, sigma_min=sigma_min, sigma_max=sigma_max, nfe=[n], method=method,
-                             convention="ve", sigma_table=SD15, seed=seed, progress=progress, **(changes or {}))
+            solver = distill(model, shape,
+                             levels=NoiseLevels(sigma_min, sigma_max, convention="ve", sigma_table=SD15),
+                             nfe=[n], method=method, seed=seed, hooks=RunHooks(progress=progress), **(changes or {}))
             seconds = time.perf_counter() - began
             eta = first_estimate[0] / seconds if first_estimate else float("nan")
             fit = solver.fits[n]

@@ -125,10 +125,9 @@ def full_calls(patcher, refined_share: float, steps: int = 4) -> dict:
     from learned_solvers.hosts.comfyui.fitting import host_facts
     from learned_solvers.learned_samplers import BASE_SOLVERS
 
-    facts, own, table = host_facts(patcher)
-    low, high, convention = facts["sigma_min"], facts["sigma_max"], facts["convention"]
-    pairs = builtin_pairs(candidate_schedules("auto", low, high, convention, table, own), steps, BASE_SOLVERS, low,
-                          high, convention)
+    _, levels = host_facts(patcher)
+    pairs = builtin_pairs(candidate_schedules("auto", levels), steps, BASE_SOLVERS, *levels.sigma_range,
+                          levels.convention)
     s = FitSettings(use_checkpoint=True)
     seeds = s.samples + s.validation
     teacher = seeds * (s.teacher_steps // 2 + s.teacher_steps) + round(refined_share * seeds) * 2 * s.teacher_steps
@@ -142,6 +141,7 @@ def check_distill(name: str, built: tuple, device, say, deadline: float) -> dict
     """The short Distill fit of ``name``: per phase seconds, calls and peak GiB, and the
     projection; stopped (and so recorded) where it runs past ``deadline`` (time.monotonic())."""
     from learned_solvers.distill import pipeline
+    from learned_solvers.distill import RunHooks
     from learned_solvers.distill.fit import FitCancelled
     from learned_solvers.hosts.comfyui.fitting import distill_model
 
@@ -151,9 +151,9 @@ def check_distill(name: str, built: tuple, device, say, deadline: float) -> dict
     screen, pipeline.SCREEN_SAMPLES = pipeline.SCREEN_SAMPLES, SHORT_SCREEN
     try:
         with memory.tracking():
-            solver = distill_model(patcher, positive, negative, latent, cfg, nfe=[4], **SHORT,
-                                   progress=lambda step, total, *_: say(f"  {name} distill {step}/{total}"),
-                                   cancel=lambda: time.monotonic() > deadline)
+            hooks = RunHooks(progress=lambda step, total, *_: say(f"  {name} distill {step}/{total}"),
+                             cancel=lambda: time.monotonic() > deadline)
+            solver = distill_model(patcher, positive, negative, latent, cfg, nfe=[4], hooks=hooks, **SHORT)
     except FitCancelled:
         return {"stopped": f"its share of the budget ran out after {time.perf_counter() - began:.0f} s"}
     finally:
@@ -175,6 +175,7 @@ def check_distill(name: str, built: tuple, device, say, deadline: float) -> dict
 
 def check_sfd(name: str, built: tuple, device, iterations: int, say, deadline: float) -> dict:
     """A short SFD fit of ``name``: seconds per iteration, projected to SFD's default iterations."""
+    from learned_solvers.distill import RunHooks
     from learned_solvers.distill.sfd import SfdSettings
     from learned_solvers.hosts.comfyui.fitting import distill_network_model
 
@@ -193,8 +194,8 @@ def check_sfd(name: str, built: tuple, device, iterations: int, say, deadline: f
     began = time.perf_counter()
     try:
         distill_network_model(patcher, positive, negative, latent, cfg, nfe=2, iterations=iterations, samples=4,
-                              validation=2, teacher_steps=8, progress=progress,
-                              cancel=lambda: time.monotonic() > deadline)
+                              validation=2, teacher_steps=8,
+                              hooks=RunHooks(progress=progress, cancel=lambda: time.monotonic() > deadline))
     except FitCancelled:
         return {"stopped": f"its share of the budget ran out after {time.perf_counter() - began:.0f} s"}
     seconds = time.perf_counter() - began

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from learned_solvers.distill import distill, refine_teacher, start_states
+from learned_solvers.distill import NoiseLevels, distill, refine_teacher, start_states
 from learned_solvers.distill.pipeline import DIVERGED_FACTOR
 from learned_solvers.learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
 from learned_solvers.schedules import builtin_schedules, discrete_vp_sigmas
@@ -53,7 +53,8 @@ def main(argv=None):
     low, high = float(SD15[0]), float(SD15[-1])
     start = start_states(shape, args.seeds, high, "ve", seed=30_000)
     began = time.perf_counter()
-    teacher = refine_teacher(model, start, 32, sigma_min=low, sigma_max=high, batch_size=256, max_steps=32)
+    teacher = refine_teacher(model, start, 32, levels=NoiseLevels(low, high), batch_size=256,
+                             max_steps=32)
     limit = DIVERGED_FACTOR * float(rms(teacher.final).max())
     print(f"## guided hard mixture, prompt {args.prompt}, CFG {args.cfg:g}, NFE {args.nfe}, {args.seeds} seeds: "
           f"diverged = result RMS above {limit:.2f} ({DIVERGED_FACTOR} x the largest 32-step teacher result's; "
@@ -63,8 +64,9 @@ def main(argv=None):
         for name, grid in builtin_schedules(low, high, "ve", SD15).items():
             counts[f"{base} + {name}"] = int((~(rms(results(model, start, grid(args.nfe), base=base)) <= limit)).sum())
     if args.fit:
-        solver = distill(model, shape, sigma_min=low, sigma_max=high, nfe=[args.nfe], convention="ve",
-                         sigma_table=SD15)
+        solver = distill(model, shape,
+                         levels=NoiseLevels(low, high, convention="ve", sigma_table=SD15),
+                         nfe=[args.nfe])
         fit = solver.fits[args.nfe]
         out = results(model, start, solver.sigmas(args.nfe), **solver.sampler_options(args.nfe))
         counts[f"fitted ({fit.method}, from {(fit.start or fit.floor)['base']} + "

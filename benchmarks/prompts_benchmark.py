@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from learned_solvers.distill import distill, refine_teacher, start_states
+from learned_solvers.distill import NoiseLevels, distill, refine_teacher, start_states
 from learned_solvers.distill.prompts import PerSample, split_prompts
 from learned_solvers.learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
 from learned_solvers.schedules import builtin_schedules, discrete_vp_sigmas
@@ -83,8 +83,9 @@ def main(argv=None):
     held = start_states(shape, count, sigma_max, "ve", seed=10_000)
     prompt_of = torch.arange(count) % args.prompts
     began = time.perf_counter()
-    reference = refine_teacher(model.to(dtype=torch.float64), held.double(), 128, sigma_min=sigma_min,
-                               sigma_max=sigma_max, batch_size=64, extra_args={"prompt": PerSample(prompt_of)})
+    reference = refine_teacher(model.to(dtype=torch.float64), held.double(), 128,
+                               levels=NoiseLevels(sigma_min, sigma_max), batch_size=64,
+                               extra_args={"prompt": PerSample(prompt_of)})
     trained = torch.isin(prompt_of, torch.tensor(split.training))
     print(f"## guided hard mixture, CFG {args.cfg:g}: several = trained on prompts {list(split.training)}, "
           f"one = trained on prompt {args.single}; {args.per_prompt} held-out seeds per prompt; reference residual "
@@ -108,8 +109,9 @@ def main(argv=None):
         for seed, label, prompts in [(seed, label, prompts) for seed in args.seeds
                                      for label, prompts in (("several", args.prompts), ("one", None))]:
             fit_began = time.perf_counter()
-            solver = distill(model, shape, sigma_min=sigma_min, sigma_max=sigma_max, nfe=[n], convention="ve",
-                             sigma_table=SD15, prompts=prompts, seed=seed)
+            solver = distill(model, shape,
+                             levels=NoiseLevels(sigma_min, sigma_max, convention="ve", sigma_table=SD15),
+                             nfe=[n], prompts=prompts, seed=seed)
             seconds = time.perf_counter() - fit_began
             errors = errors_of(run_on(model, held, prompt_of, solver.sigmas(n), **solver.sampler_options(n)),
                                reference.final)

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from learned_solvers.distill import distill, refine_teacher, start_states
+from learned_solvers.distill import NoiseLevels, distill, refine_teacher, start_states
 from learned_solvers.distill.sfd import SfdSettings, distill_network
 from learned_solvers.learned_samplers import BASE_SOLVERS, sample_learned
 from learned_solvers.schedules import builtin_schedules, discrete_vp_sigmas
@@ -71,7 +71,8 @@ def main(argv=None):
     sigma_min, sigma_max = float(SD15[0]), float(SD15[-1])
     schedules = builtin_schedules(sigma_min, sigma_max, "ve", SD15)
     held = start_states(unet.sample_shape, args.held_out, sigma_max, "ve", seed=10_000)
-    reference = refine_teacher(unet, held, 64, sigma_min=sigma_min, sigma_max=sigma_max, batch_size=32)
+    reference = refine_teacher(unet, held, 64, levels=NoiseLevels(sigma_min, sigma_max),
+                               batch_size=32)
     print(f"## shipped test UNet: {args.held_out} held-out seeds; reference dpmpp_3m refined from 64 steps, "
           f"residual {reference.residual:.5f}; SFD settings {settings}")
     print(f"   {'':<40} {'mean':>6} {'median':>6} {'p95':>6} {'/learned':>6} {'calls':>15} {'fit':>6}")
@@ -81,13 +82,15 @@ def main(argv=None):
                    for base in BASE_SOLVERS for name, grid in schedules.items()}
         (base, name), best = min(builtin.items(), key=lambda item: float(item[1].mean()))
         began = time.perf_counter()
-        solver = distill(unet, unet.sample_shape, sigma_min=sigma_min, sigma_max=sigma_max, nfe=[n],
-                         convention="ve", sigma_table=SD15)
+        solver = distill(unet, unet.sample_shape,
+                         levels=NoiseLevels(sigma_min, sigma_max, convention="ve", sigma_table=SD15),
+                         nfe=[n])
         learned_seconds = time.perf_counter() - began
         learned = errors_of(sample(unet, held, solver.fits[n].sigmas, **solver.sampler_options(n)), reference.final)
         began = time.perf_counter()
-        result = distill_network(unet, unet, unet.sample_shape, sigma_min=sigma_min, sigma_max=sigma_max, nfe=n,
-                                 convention="ve", sigma_table=SD15, settings=settings.replace(with_solver=True))
+        result = distill_network(unet, unet, unet.sample_shape,
+                                 levels=NoiseLevels(sigma_min, sigma_max, convention="ve", sigma_table=SD15),
+                                 nfe=n, settings=settings.replace(with_solver=True))
         sfd_seconds = time.perf_counter() - began
         with result.adapters.attached():
             sfd = errors_of(sample(unet, held, result.sigmas, base="euler"), reference.final)

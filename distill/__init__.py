@@ -15,7 +15,7 @@ from ..schedules.grids import grid_coordinate, sigmas_from_coordinate
 from ..schedules.solver import FittedSteps, LearnedSolver
 from .grid import MonotoneGrid
 from .pipeline import candidate_schedules, distill, start_states
-from .settings import LOSSES, METHODS, FitSettings, SolverSetup
+from .settings import LOSSES, METHODS, CompareSettings, FitSettings, NoiseLevels, RunHooks, SolverSetup
 from .teacher import RefinedTeacher, TeacherRecord, record_teacher, refine_teacher, teacher_grid
 
 __all__ = [
@@ -23,7 +23,10 @@ __all__ = [
     "METHODS",
     "FitCancelled",
     "FitDiverged",
+    "CompareSettings",
     "FitSettings",
+    "NoiseLevels",
+    "RunHooks",
     "SolverSetup",
     "FittedSteps",
     "LearnedSolver",

@@ -11,7 +11,7 @@ import torch
 from ..learned_samplers import BASE_SOLVERS, sample_learned
 from .pipeline import candidate_schedules, start_states
 from .scoring import builtin_pairs, error_summary, mean_error
-from .settings import FitSettings, SolverSetup
+from .settings import CompareSettings, NoiseLevels, RunHooks, SolverSetup
 from .teacher import RefinedTeacher, refine_teacher
 
 
@@ -89,46 +89,45 @@ class Comparison:
         return "\n".join(lines)
 
 
-def compare_solvers(model, shape, *, sigma_min: float, sigma_max: float, nfe: int, convention: str = "ve",
-                    solver=None, samples: int = 16, show: int = 4, seed: int = 1,
-                    teacher_steps: int = FitSettings.teacher_steps, teacher_base: str = FitSettings.teacher_base,
-                    schedules: dict | None = None, sigma_table=None, extra_args=None, device="cpu",
-                    batch_size: int = 8, start=None, progress=None, cancel=None) -> Comparison:
+def compare_solvers(model, shape, *, levels: NoiseLevels, nfe: int, solver=None,
+                    settings: CompareSettings | None = None, extra_args=None, device="cpu", start=None,
+                    hooks: RunHooks | None = None, **changes) -> Comparison:
     """Run the teacher, ``solver`` (a ``LearnedSolver``, optional) and every base solver x
-    built-in schedule (plus the host's ``schedules``) at ``nfe`` model calls on ``samples``
-    seeded noises [samples, *shape]; keep the results of the first ``show``.
+    built-in schedule (plus ``levels.schedules``, the host's) at ``nfe`` model calls on
+    ``settings.samples`` seeded noises [samples, *shape]; keep the results of the first
+    ``settings.show``. settings: ``CompareSettings``, its fields also as keywords.
 
-    progress(done, total) after each sampler; cancel() as in ``distill``.
+    hooks: progress(done, total) after each sampler; cancel() as in ``distill``.
     """
+    s = (settings or CompareSettings()).replace(**changes)
+    levels, hooks = levels.check().resolved(model), hooks or RunHooks()
+    convention, sigma_range = levels.convention, levels.sigma_range
     if start is None:
-        start = start_states(shape, samples, sigma_max, convention, seed, device)
-    teacher = refine_teacher(model, start, teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                             base=teacher_base, convention=convention, extra_args=extra_args,
-                             batch_size=batch_size, cancel=cancel)
-    setup = SolverSetup(base=BASE_SOLVERS[0], convention=convention, corrector=False,
-                        sigma_range=(float(sigma_min), float(sigma_max)), extra_args=extra_args, device=device)
+        start = start_states(shape, s.samples, levels.sigma_max, convention, s.seed, device)
+    teacher = refine_teacher(model, start, s.teacher_steps, levels=levels, base=s.teacher_base, extra_args=extra_args,
+                             batch_size=s.batch_size, hooks=RunHooks(cancel=hooks.cancel))
+    setup = SolverSetup(base=BASE_SOLVERS[0], convention=convention, corrector=False, sigma_range=sigma_range,
+                        extra_args=extra_args, device=device)
     runs = []
-    for base, name, fit in builtin_pairs(candidate_schedules("auto", sigma_min, sigma_max, convention, sigma_table,
-                                                             schedules), nfe, BASE_SOLVERS, sigma_min, sigma_max,
+    for base, name, fit in builtin_pairs(candidate_schedules("auto", levels), nfe, BASE_SOLVERS, *sigma_range,
                                          convention):
         runs.append((f"{base} + {name}", fit.sigmas, {**setup.solver_options(), **fit.solver_options()}, False, []))
     if solver is not None:
-        sigmas, notes = solver.schedule(nfe, sigma_range=(sigma_min, sigma_max), convention=convention)
+        sigmas, notes = solver.schedule(nfe, sigma_range=sigma_range, convention=convention)
         options, more = solver.options_for(sigmas)
         runs.insert(0, (f"learned ({solver.method})", sigmas, {**options, "convention": convention}, True,
                         notes + more))
     entries = []
     for done, (label, sigmas, options, learned, notes) in enumerate(runs):
-        if cancel is not None and cancel():
+        if hooks.cancelled():
             from .fit import FitCancelled
 
             raise FitCancelled("the comparison was cancelled")
-        outputs, errors = _run(model, teacher, sigmas, options, extra_args, device, batch_size)
-        entries.append(Entry(label, sigmas, options, errors, outputs[:show], learned, notes))
-        if progress is not None:
-            progress(done + 1, len(runs))
+        outputs, errors = _run(model, teacher, sigmas, options, extra_args, device, s.batch_size)
+        entries.append(Entry(label, sigmas, options, errors, outputs[:s.show], learned, notes))
+        hooks.report(done + 1, len(runs))
     entries.sort(key=lambda entry: entry.score)
-    return Comparison(nfe=nfe, teacher=teacher, entries=entries, shown=teacher.final[:show])
+    return Comparison(nfe=nfe, teacher=teacher, entries=entries, shown=teacher.final[:s.show])
 
 
 def _run(model, teacher, sigmas, options, extra_args, device, batch_size):

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..learned_samplers import CORRECTION_LIMIT, half_log_snr, sample_learned, start_noise_scale
+from ..learned_samplers import CORRECTION_LIMIT, StepCorrections, half_log_snr, sample_learned, start_noise_scale
 from ..learned_samplers.coefficients import base_tables
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
@@ -198,25 +198,25 @@ class StudentParameters(torch.nn.Module):
                 correction.clamp_(-CORRECTION_LIMIT, CORRECTION_LIMIT)
 
     def options(self, learn: set) -> tuple:
+        """(sigmas [N+1], ``StepCorrections``) of the parts in ``learn``, the rest left out."""
         sigmas = self.grid() if "grid" in learn else self.grid().detach()
-        options = {}
+        learned = {}
         if "offsets" in learn:
-            options["eval_offsets"] = self.eval_offsets(sigmas)
+            learned["eval_offsets"] = self.eval_offsets(sigmas)
         if "coefficients" in learn:
-            options["d_corrections"] = self.d_corrections
-            if self.corrector_corrections is not None:
-                options["corrector_corrections"] = self.corrector_corrections
+            learned["d_corrections"] = self.d_corrections
+            learned["corrector_corrections"] = self.corrector_corrections
         if "step_scales" in learn:
-            options["step_scales"] = self.step_scales
-        return sigmas, options
+            learned["step_scales"] = self.step_scales
+        return sigmas, StepCorrections(**learned)
 
     def snapshot(self, learn: set, method: str, convention: str, sigma_range) -> FittedSteps:
         with torch.no_grad():
-            sigmas, options = self.options(learn)
-            options = {k: v.detach().clone() for k, v in options.items()}
+            sigmas, corrections = self.options(learn)
+            learned = {k: v.detach().clone() for k, v in corrections.present().items()}
         return FittedSteps(sigmas=sigmas.detach().clone(),
                            coordinate=grid_coordinate(sigmas.detach(), sigma_range, convention),
-                           method=method, **options)
+                           method=method, **learned)
 
 
 # "capped": the scale past which a sample's distance counts less and less, in multiples of the
@@ -334,9 +334,9 @@ def _batch_gradient(call, teacher, train, pick, params: StudentParameters, learn
         start = teacher.start[chunk].to(device)
         target = teacher.final[chunk].to(device)
         delta = slack.delta(part, device)
-        sigmas, options = params.options(learn)  # built again per part: each backward frees its graph
+        sigmas, corrections = params.options(learn)  # built again per part: each backward frees its graph
         out = sample_learned(call, start + slack.unit * delta, sigmas.to(start.dtype), rows_of(setup.extra_args, chunk),
-                             None, True, **setup.solver_options(), **options)
+                             None, True, **setup.solver_options(), corrections=corrections)
         part_value = _loss(out, target.to(out.dtype), settings.loss, cap) * (len(part) / len(pick))
         part_value.backward()
         value = value + part_value.detach()

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..version import __version__
-from ..learned_samplers import BASE_SOLVERS, resolve_convention
+from ..learned_samplers import BASE_SOLVERS
 from ..schedules import builtin_schedules, uniform
 from .cost import CallCounter, TimeLeft, fit_calls, planned_calls
 from .fit import (CAP_FACTOR, FitLoop, autocast_model, fit_alternating, fit_corrections, fit_gradient, fit_step_scales,
@@ -22,7 +22,7 @@ from .fit import (CAP_FACTOR, FitLoop, autocast_model, fit_alternating, fit_corr
 from .scoring import (builtin_pairs, diverged, error_summary, mean_error, no_worse_tail, overall_rmse,
                       per_sample_errors, ratio_interval, score_pairs, typical_error)
 from .prompts import PerSample, PromptSplit, assign_prompts, route_prompts, rows_of, split_prompts
-from .settings import FitSettings, SolverSetup
+from .settings import FitSettings, NoiseLevels, RunHooks, SolverSetup
 from ..schedules.solver import MAX_NFE, FittedSteps, LearnedSolver
 from .teacher import record_teacher, refine_teacher, teacher_grid
 from .trajectory import StepCosts
@@ -78,19 +78,20 @@ class FirstResults:
     final: torch.Tensor
 
 
-def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: str, sigma_table=None,
-                        extra: dict | None = None) -> dict:
+def candidate_schedules(init, levels: NoiseLevels) -> dict:
     """The schedules a fit may start from: name -> (nfe -> sigmas).
 
-    init "auto": every built-in (``builtin_schedules``) plus ``extra`` (a host's own, e.g.
-    ComfyUI's schedulers for the loaded model); a built-in name: that one; a dict nfe -> sigmas
-    or a callable nfe -> sigmas: that grid ("given").
+    init "auto": every built-in (``builtin_schedules``) on ``levels`` (resolved: "ve" or
+    "flow") plus its ``schedules`` (a host's own, e.g. ComfyUI's schedulers for the loaded
+    model); a built-in name: that one; a dict nfe -> sigmas or a callable nfe -> sigmas: that
+    grid ("given").
     """
     # the host's own first: where two schedules give the same grid, the name the user knows is kept
-    known = dict(extra or {})
-    for name, make in builtin_schedules(sigma_min, sigma_max, convention, sigma_table).items():
+    known = dict(levels.schedules or {})
+    low, high = levels.sigma_range
+    for name, make in builtin_schedules(low, high, levels.convention, levels.sigma_table).items():
         known.setdefault(name, make)
-    known["uniform"] = lambda n: uniform(n, sigma_min, sigma_max, final_zero=True)
+    known["uniform"] = lambda n: uniform(n, low, high, final_zero=True)
     if init == "auto":
         return {name: make for name, make in known.items() if name != "uniform"}
     if callable(init):
@@ -103,28 +104,27 @@ def candidate_schedules(init, sigma_min: float, sigma_max: float, convention: st
                      f"a dict or a callable")
 
 
-def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), settings: FitSettings | None = None,
-            convention: str = "auto", extra_args=None, device="cpu", start=None, provenance: dict | None = None,
-            progress=None, cancel=None, sigma_table=None, schedules: dict | None = None, teacher_model=None,
-            prompts=None, **changes) -> LearnedSolver:
+def distill(model, shape, *, levels: NoiseLevels, nfe=(4,), settings: FitSettings | None = None, extra_args=None,
+            device="cpu", start=None, provenance: dict | None = None, hooks: RunHooks | None = None,
+            teacher_model=None, prompts=None, **changes) -> LearnedSolver:
     """Fit a few-step solver to ``model`` (a k-diffusion denoiser ``model(x, sigma, **extra_args)``).
 
-    shape: one sample's shape, e.g. (4, 64, 64). sigma_min, sigma_max: the model's range (host
-    units); grids start at sigma_max and their last positive sigma is kept. nfe: one or more
-    step counts served by one teacher run. settings: how to fit (``FitSettings``; its fields
-    may also be given as keywords, ``method="ld3", iterations=100``, which change ``settings``).
-    start: explicit start states [samples + validation, *shape] instead of seeded noise.
-    provenance: extra entries for the result's provenance (e.g. the model's family and CFG).
-    sigma_table: a discrete model's ascending sigma table (for its time-uniform schedule);
-    schedules: the host's own schedules, name -> (nfe -> sigmas), scored with the built-ins.
-    teacher_model: the denoiser the teacher runs (default ``model``): a solver fitted on a
-    distilled network (``sfd``) follows the original network's teacher.
+    shape: one sample's shape, e.g. (4, 64, 64). levels: the model's noise levels
+    (``NoiseLevels``: its range in host units, convention, a discrete model's sigma table and
+    the host's own schedules, scored with the built-ins); grids start at sigma_max and their
+    last positive sigma is kept. nfe: one or more step counts served by one teacher run.
+    settings: how to fit (``FitSettings``; its fields may also be given as keywords,
+    ``method="ld3", iterations=100``, which change ``settings``). start: explicit start states
+    [samples + validation, *shape] instead of seeded noise. provenance: extra entries for the
+    result's provenance (e.g. the model's family and CFG). teacher_model: the denoiser the
+    teacher runs (default ``model``): a solver fitted on a distilled network (``sfd``) follows
+    the original network's teacher.
     prompts: several conditionings in one fit: a count P (``model`` then takes a keyword
     ``prompt``, [B] indices 0..P-1) or a list of extra_args dicts, one per prompt. Training
     seeds go round the prompts at even positions; validation seeds round every prompt, so the
     others are held out of training (``prompts.split_prompts``); each fit reports its mean
     error on both halves (``held_out`` and ``floor``: "training_prompts", "held_out_prompts").
-    progress(step, total, loss, held_out, seconds_left) after every teacher batch (loss and
+    hooks: progress(step, total, loss, held_out, seconds_left) after every teacher batch (loss and
     held_out NaN) and every iteration, ``total`` counting both; seconds_left: the estimate of
     ``cost.TimeLeft`` (NaN until a model call has been timed); cancel() before every iteration
     and teacher batch: True (or an exception it raises) stops the fit.
@@ -150,22 +150,21 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
     ``CORRECTION_SAMPLES`` training samples (``trajectory.StepCosts.states_at``).
     """
     s = (settings or FitSettings()).replace(**changes).check()
-    nfes = _checked_nfes(nfe, sigma_min, sigma_max)
-    convention = resolve_convention(model, convention)
+    nfes = _checked_nfes(nfe)
+    levels = levels.check().resolved(model)
     if s.use_checkpoint == "auto":
         has_weights = isinstance(model, torch.nn.Module) and any(True for _ in model.parameters())
         s = s.replace(use_checkpoint=has_weights or torch.device(device).type != "cpu")
-    model, split = _with_prompts(model, prompts, convention)
+    model, split = _with_prompts(model, prompts, levels.convention)
     began = time.perf_counter()
     count = s.samples + s.validation
     if start is None:
-        start = start_states(shape, count, sigma_max, convention, s.seed, device)
+        start = start_states(shape, count, levels.sigma_max, levels.convention, s.seed, device)
     elif start.shape[0] != count:
         raise ValueError(f"start has {start.shape[0]} samples; it must hold samples + validation = {count}")
-    run = _new_run(model, s, convention, (float(sigma_min), float(sigma_max)), split, extra_args, device, progress,
-                   cancel)
-    candidates_by_name = candidate_schedules(s.init_sigmas, sigma_min, sigma_max, convention, sigma_table, schedules)
-    pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, run.bases, sigma_min, sigma_max, convention) for n in nfes}
+    run = _new_run(model, s, levels, split, extra_args, device, hooks or RunHooks())
+    candidates_by_name = candidate_schedules(s.init_sigmas, levels)
+    pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, run.bases, *run.sigma_range, run.convention) for n in nfes}
     _plan(run, pairs_by_nfe)
     first_round, early_calls = _teach(run, start, pairs_by_nfe[nfes[-1]], teacher_model)
     _prepare_fits(run, shape, start)
@@ -175,7 +174,7 @@ def distill(model, shape, *, sigma_min: float, sigma_max: float, nfe=(4,), setti
         if n == nfes[-1] and early_calls:  # the largest NFE's first floor round ran during the teacher
             fits[n].model_calls = {kind: calls + early_calls[kind] for kind, calls in fits[n].model_calls.items()}
     first = fits[nfes[0]]
-    return LearnedSolver(base=first.base, convention=convention, corrector=first.corrector, method=s.method,
+    return LearnedSolver(base=first.base, convention=run.convention, corrector=first.corrector, method=s.method,
                          sigma_range=run.sigma_range, fits=fits, provenance=_provenance(run, shape, began, provenance))
 
 
@@ -200,13 +199,11 @@ class FitRun:
 
     counter: CallCounter
     settings: FitSettings
-    convention: str
-    sigma_range: tuple
+    levels: NoiseLevels  # its convention resolved
     shared: SolverSetup  # its extra_args hold one row per start state where there are prompts
     bases: list
     time_left: TimeLeft
-    progress: Any
-    cancel: Any
+    hooks: RunHooks
     step_costs: StepCosts | None
     kept: int  # training seeds whose teacher trajectories are kept for the closed form
     split: PromptSplit | None
@@ -223,13 +220,21 @@ class FitRun:
     steps_done: int = 0
 
     @property
+    def convention(self) -> str:
+        return self.levels.convention
+
+    @property
+    def sigma_range(self) -> tuple:
+        return self.levels.sigma_range
+
+    @property
     def own_grids(self) -> bool:
         """Whether the grid read off the teacher's trajectories is scored as a start."""
         return self.step_costs is not None and self.settings.init_sigmas == "auto"
 
     def report(self, step, total, loss, held_out):
-        if self.progress is not None:
-            self.progress(step, total, loss, held_out, self.time_left.seconds())
+        if self.hooks.progress is not None:
+            self.hooks.report(step, total, loss, held_out, self.time_left.seconds())
 
 
 def _provenance(run: FitRun, shape, began: float, extra: dict | None) -> dict:
@@ -242,20 +247,17 @@ def _provenance(run: FitRun, shape, began: float, extra: dict | None) -> dict:
             **({"prompts": run.split.report()} if run.split else {}), **(extra or {})}
 
 
-def _checked_nfes(nfe, sigma_min: float, sigma_max: float) -> list:
+def _checked_nfes(nfe) -> list:
     """The step counts asked for, sorted, once each; a clear error where a fit cannot serve them."""
     nfes = sorted({int(n) for n in ([nfe] if isinstance(nfe, int) else nfe)})
     if not nfes or nfes[0] < 2:
         raise ValueError(f"NFE must be at least 2 for a learned solver; got {nfes}")
     if nfes[-1] > MAX_NFE:
         raise ValueError(f"NFE must be at most {MAX_NFE} for a learned solver (a few-step sampler); got {nfes}")
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max; got {sigma_min} and {sigma_max}")
     return nfes
 
 
-def _new_run(model, s: FitSettings, convention: str, sigma_range: tuple, split, extra_args, device, progress,
-             cancel) -> FitRun:
+def _new_run(model, s: FitSettings, levels: NoiseLevels, split, extra_args, device, hooks: RunHooks) -> FitRun:
     """The run's shared state before the teacher: the counted model, the bases, the prompts'
     per-sample keyword and the trajectory recorder."""
     counter = CallCounter(autocast_model(model, s.dtype))
@@ -263,8 +265,8 @@ def _new_run(model, s: FitSettings, convention: str, sigma_range: tuple, split, 
     count = s.samples + s.validation
     assignment = assign_prompts(split, s.samples, s.validation) if split else None
     extra_args = {**(extra_args or {}), "prompt": PerSample(assignment)} if split else extra_args
-    shared = SolverSetup(base=bases[0], convention=convention, corrector=bases[0].startswith("unipc"),
-                         sigma_range=sigma_range, extra_args=extra_args, device=device)
+    shared = SolverSetup(base=bases[0], convention=levels.convention, corrector=bases[0].startswith("unipc"),
+                         sigma_range=levels.sigma_range, extra_args=extra_args, device=device)
     # with init_sigmas "auto" the teacher's trajectories also give a start: its grid is scored
     # with each base as one more candidate (never as the floor); where the fit learns
     # coefficients, the trajectories of a few training samples are kept for their first guess
@@ -272,10 +274,11 @@ def _new_run(model, s: FitSettings, convention: str, sigma_range: tuple, split, 
     trajectories = s.init_sigmas == "auto" or fits_coefficients
     # they go through the model at once: no more than a closed form may put there (dode_samples)
     kept = min(CORRECTION_SAMPLES, s.samples, s.dode_samples or CORRECTION_SAMPLES) if fits_coefficients else 0
-    step_costs = StepCosts(torch.arange(count) < s.samples, keep=kept, convention=convention) if trajectories else None
-    return FitRun(counter=counter, settings=s, convention=convention, sigma_range=sigma_range, shared=shared,
-                  bases=bases, time_left=TimeLeft(counter, checkpoint=bool(s.use_checkpoint)), progress=progress,
-                  cancel=cancel, step_costs=step_costs, kept=kept, split=split, assignment=assignment)
+    step_costs = (StepCosts(torch.arange(count) < s.samples, keep=kept, convention=levels.convention)
+                  if trajectories else None)
+    return FitRun(counter=counter, settings=s, levels=levels, shared=shared, bases=bases,
+                  time_left=TimeLeft(counter, checkpoint=bool(s.use_checkpoint)), hooks=hooks, step_costs=step_costs,
+                  kept=kept, split=split, assignment=assignment)
 
 
 def _plan(run: FitRun, pairs_by_nfe: dict):
@@ -322,13 +325,11 @@ def _teach(run: FitRun, start: torch.Tensor, largest_pairs: list, teacher_model)
             early["calls"] = counter.since(mark)  # the largest NFE's fit's calls
             return teacher_tolerance(early["first_round"], final)
 
-    low, high = run.sigma_range
     with counter.phase("teacher"), counter.using(teacher_call):
-        teacher = refine_teacher(counter, start, s.teacher_steps, sigma_min=low, sigma_max=high, base=s.teacher_base,
-                                 convention=run.convention, extra_args=run.shared.extra_args,
-                                 batch_size=s.inference_batch_size, tolerance=tolerance, progress=teacher_progress,
-                                 cancel=run.cancel, plan=lambda calls: run.time_left.plan("inference", calls),
-                                 trace=run.step_costs)
+        teacher = refine_teacher(counter, start, s.teacher_steps, levels=run.levels, base=s.teacher_base,
+                                 extra_args=run.shared.extra_args, batch_size=s.inference_batch_size,
+                                 tolerance=tolerance, hooks=run.hooks.with_progress(teacher_progress),
+                                 plan=lambda calls: run.time_left.plan("inference", calls), trace=run.step_costs)
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
                                  "(and its dtype), or lower the CFG scale")
@@ -406,7 +407,7 @@ def _fit_from(run: FitRun, n: int, start: ScoredPair, floor_errors: torch.Tensor
         return _fit_dode(run, start), {"losses": [], "validation": [], "rejected": 0}
     cap = CAP_FACTOR * float(start.train_errors.median()) if len(start.train_errors) else None
     loop = FitLoop(iterations=s.iterations, seed=s.seed + n, step_offset=run.steps_done, total_steps=run.total,
-                   progress=run.report, cancel=run.cancel, floor_errors=floor_errors, loss_cap=cap)
+                   progress=run.report, cancel=run.hooks.cancel, floor_errors=floor_errors, loss_cap=cap)
     if s.method == "s4s_alt":  # each block starts from the previous block's best
         return fit_alternating(run.counter, run.teacher, plain, run.train, run.held, start.setup, s, loop)
     offsets = {"offsets"} if s.decoupled else set()

@@ -1,15 +1,17 @@
 """What a fit is told: ``FitSettings`` (how ``distill`` fits, chosen by the user), on a base
-``RunSettings`` it shares with ``sfd.SfdSettings`` (seeds, teacher, steps, batches, memory),
-and ``SolverSetup`` (what every run of the student shares, fixed by the model and the base
+``RunSettings`` it shares with ``sfd.SfdSettings`` (seeds, teacher, steps, batches, memory);
+``CompareSettings`` (how ``compare.compare_solvers`` compares); ``NoiseLevels`` (what a run knows
+of the model's noise levels); ``RunHooks`` (how a caller follows and stops a run); and
+``SolverSetup`` (what every run of the student shares, fixed by the model and the base
 solver)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
-from ..learned_samplers import BASE_SOLVERS, HISTORY
+from ..learned_samplers import BASE_SOLVERS, HISTORY, resolve_convention
 
 METHODS = ("auto", "dode", "ld3", "s4s", "s4s_alt")
 LOSSES = ("capped", "l2", "l1", "mse")
@@ -120,6 +122,81 @@ class FitSettings(RunSettings):
 
 
 @dataclass(frozen=True)
+class NoiseLevels:
+    """What a run knows of the model's noise levels, in host units (sigma for eps / v models,
+    the flow time t in [0, 1] for flow models).
+
+    sigma_min, sigma_max: the model's range; grids start at sigma_max and keep their last
+    positive sigma at or above sigma_min. convention: "auto" (read off the model, e.g. a
+    ComfyUI flow model), "ve" or "flow". sigma_table: a discrete model's ascending sigma table
+    [T] (for its time-uniform schedule), or None. schedules: the host's own schedules, name ->
+    (nfe -> sigmas [nfe + 1]), scored beside the built-ins.
+    """
+
+    sigma_min: float
+    sigma_max: float
+    convention: str = "auto"
+    sigma_table: Any = field(default=None, compare=False)
+    schedules: dict | None = field(default=None, compare=False)
+
+    @property
+    def sigma_range(self) -> tuple:
+        """(sigma_min, sigma_max) as floats: the range a grid coordinate refers to."""
+        return float(self.sigma_min), float(self.sigma_max)
+
+    def resolved(self, model) -> NoiseLevels:
+        """These levels with the convention read off ``model`` where it is "auto"."""
+        return dataclasses.replace(self, convention=resolve_convention(model, self.convention))
+
+    def check(self) -> NoiseLevels:
+        """Raise ValueError naming the fix for a range no grid fits in; returns self."""
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max; got {self.sigma_min} and {self.sigma_max}")
+        return self
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """How a caller follows and stops a long run. progress(...): called after each unit of work,
+    with the arguments the running function documents; cancel() -> bool: checked before each
+    unit, True (or an exception it raises) stops the run."""
+
+    progress: Callable | None = None
+    cancel: Callable | None = None
+
+    def report(self, *args):
+        if self.progress is not None:
+            self.progress(*args)
+
+    def cancelled(self) -> bool:
+        return self.cancel is not None and bool(self.cancel())
+
+    def with_progress(self, progress) -> RunHooks:
+        """The same cancel with another progress (a step of a run counting its own units)."""
+        return RunHooks(progress=progress, cancel=self.cancel)
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """How ``compare.compare_solvers`` compares: samples (seeded noises every sampler runs on),
+    show (how many of them the comparison keeps results of), seed, teacher_steps and
+    teacher_base (the reference, refined as ``teacher.refine_teacher`` refines), batch_size
+    (samples per model run). ``replace(**changes)`` makes a variant, refusing an unknown name."""
+
+    KIND: ClassVar[str] = "compare"
+
+    samples: int = 16
+    show: int = 4
+    seed: int = 1
+    teacher_steps: int = RunSettings.teacher_steps
+    teacher_base: str = RunSettings.teacher_base
+    batch_size: int = 8
+
+    def replace(self, **changes):
+        return replaced(self, self.KIND, changes)
+
+
+@dataclass(frozen=True)
 class SolverSetup:
     """What every run of the student shares: base solver, convention ("ve" or "flow"),
     corrector on or off, the model's sigma_range (sigma_min, sigma_max; the range the grid
@@ -137,4 +214,5 @@ class SolverSetup:
         return {"base": self.base, "convention": self.convention, "corrector": self.corrector}
 
 
-__all__ = ["FitSettings", "LOSSES", "METHODS", "RunSettings", "SolverSetup", "replaced"]
+__all__ = ["CompareSettings", "FitSettings", "LOSSES", "METHODS", "NoiseLevels", "RunHooks", "RunSettings",
+           "SolverSetup", "replaced"]

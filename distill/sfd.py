@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..learned_samplers import resolve_convention, sample_learned
+from ..learned_samplers import sample_learned
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import MAX_NFE, FittedSteps, LearnedSolver
 from ..version import __version__
@@ -43,7 +43,7 @@ from .lora import COMFYUI_PREFIX, LoraAdapters, save_lora
 from .memory import checkpointed_model, frozen_weights
 from .pipeline import candidate_schedules, distill, start_states
 from .scoring import builtin_pairs, error_summary, mean_error, overall_rmse, per_sample_errors, ratio_interval
-from .settings import RunSettings, SolverSetup
+from .settings import NoiseLevels, RunHooks, RunSettings, SolverSetup
 from .teacher import record_teacher, refine_teacher, teacher_grid
 
 # where a student step starts in training (``SfdSettings.inputs``)
@@ -186,8 +186,8 @@ def euler_step(model, x, sigma, sigma_next, extra_args=None, convention="ve"):
     return sample_learned(model, x, sigmas, extra_args, None, True, base="euler", convention=convention)
 
 
-def _choose_grid(call, probes, s: SfdSettings, nfe, sigma_min, sigma_max, convention, extra_args, sigma_table,
-                 schedules, batch_size, device, cancel=None) -> tuple:
+def _choose_grid(call, probes, s: SfdSettings, nfe, levels: NoiseLevels, extra_args, device,
+                 hooks: RunHooks) -> tuple:
     """(name, sigmas [N+1]): the grid given, or the built-in one where Euler lands closest to an
     accurate teacher on ``probes`` (start states [P, ...])."""
     if not isinstance(s.grid, str):
@@ -195,16 +195,16 @@ def _choose_grid(call, probes, s: SfdSettings, nfe, sigma_min, sigma_max, conven
         if sigmas.ndim != 1 or len(sigmas) != nfe + 1 or not (sigmas[1:] < sigmas[:-1]).all():
             raise ValueError(f"grid must be {nfe + 1} decreasing sigmas for NFE {nfe}; got {s.grid!r}")
         return "given", sigmas
-    candidates = candidate_schedules(s.grid, sigma_min, sigma_max, convention, sigma_table, schedules)
-    pairs = builtin_pairs(candidates, nfe, ["euler"], sigma_min, sigma_max, convention)
+    candidates = candidate_schedules(s.grid, levels)
+    pairs = builtin_pairs(candidates, nfe, ["euler"], *levels.sigma_range, levels.convention)
     if not pairs:
         raise ValueError(f"no schedule gives a valid {nfe}-step grid on this model's range")
     if len(pairs) == 1:
         return pairs[0][1], pairs[0][2].sigmas
-    teacher = refine_teacher(call, probes, s.teacher_steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                             base=s.teacher_base, convention=convention, extra_args=extra_args, batch_size=batch_size,
-                             cancel=cancel)
-    setup = SolverSetup(base="euler", convention=convention, corrector=False, sigma_range=(sigma_min, sigma_max),
+    batch_size = s.inference_batch_size
+    teacher = refine_teacher(call, probes, s.teacher_steps, levels=levels, base=s.teacher_base, extra_args=extra_args,
+                             batch_size=batch_size, hooks=RunHooks(cancel=hooks.cancel))
+    setup = SolverSetup(base="euler", convention=levels.convention, corrector=False, sigma_range=levels.sigma_range,
                         extra_args=extra_args, device=device)
     scored = []
     for base, name, fit in pairs:
@@ -214,51 +214,51 @@ def _choose_grid(call, probes, s: SfdSettings, nfe, sigma_min, sigma_max, conven
     return name, sigmas
 
 
-def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float, sigma_max: float, nfe: int = 2,
-                    settings: SfdSettings | None = None, convention: str = "auto", extra_args=None, device="cpu",
-                    start=None, progress=None, cancel=None, sigma_table=None, schedules: dict | None = None,
-                    discrete: bool = False, provenance: dict | None = None, **changes) -> DistilledNetwork:
+def distill_network(model, network: torch.nn.Module, shape, *, levels: NoiseLevels, nfe: int = 2,
+                    settings: SfdSettings | None = None, extra_args=None, device="cpu", start=None,
+                    hooks: RunHooks | None = None, discrete: bool = False, provenance: dict | None = None,
+                    **changes) -> DistilledNetwork:
     """Distil ``network`` (the torch module inside the denoiser ``model(x, sigma, **extra_args)``)
     for Euler at ``nfe`` steps as LoRA adapters; see the module's text.
 
-    shape: one sample's shape. sigma_min, sigma_max: the model's range (host units). start:
-    explicit start states [samples + validation, *shape]. sigma_table, schedules: as for
-    ``pipeline.distill`` (a discrete model's sigmas; the host's own schedules). discrete: the
-    model looks sigmas up among ``sigma_table``'s (SD1.x, SDXL in ComfyUI), so the grid is
-    moved onto them before the teacher runs: the network is trained at the sigmas it samples
-    at. progress(step, total, loss, held_out, seconds_left) after every teacher batch and
+    shape: one sample's shape. levels: the model's noise levels, as for ``pipeline.distill``
+    (its range in host units, convention, a discrete model's sigma table, the host's own
+    schedules). start: explicit start states [samples + validation, *shape]. discrete: the
+    model looks sigmas up among ``levels.sigma_table``'s (SD1.x, SDXL in ComfyUI), so the grid
+    is moved onto them before the teacher runs: the network is trained at the sigmas it samples
+    at. hooks: progress(step, total, loss, held_out, seconds_left) after every teacher batch and
     iteration (seconds_left from the iterations' pace, NaN before); cancel() before each, True
     (or an exception it raises) stops with ``FitCancelled``. The network's weights are never
     changed and never get a gradient (``memory.frozen_weights``).
     """
     s = (settings or SfdSettings()).replace(**changes).check()
-    _check_steps(nfe, sigma_min, sigma_max)
-    convention = resolve_convention(model, convention)
+    _check_steps(nfe)
+    levels = levels.check().resolved(model)
+    hooks = hooks or RunHooks()
+    convention = levels.convention
     use_checkpoint = s.use_checkpoint if s.use_checkpoint != "auto" else torch.device(device).type != "cpu"
     began = time.perf_counter()
     counter = CallCounter(autocast_model(model, s.dtype))
     count = s.samples + s.validation
     if start is None:
-        start = start_states(shape, count, sigma_max, convention, s.seed, device)
+        start = start_states(shape, count, levels.sigma_max, convention, s.seed, device)
     elif start.shape[0] != count:
         raise ValueError(f"start has {start.shape[0]} samples; it must hold samples + validation = {count}")
     train, held = torch.arange(s.samples), torch.arange(s.samples, count)
-    track = SfdProgress(progress, cancel, -(-count // s.inference_batch_size), s.iterations)
+    track = SfdProgress(hooks, -(-count // s.inference_batch_size), s.iterations)
     adapters = LoraAdapters(network, s.rank, seed=s.seed, device=device)
     with frozen_weights(network):
         with counter.phase("floor"):
-            grid_name, sigmas = _choose_grid(counter, start[train[:GRID_PROBES]], s, nfe, sigma_min, sigma_max,
-                                             convention, extra_args, sigma_table, schedules,
-                                             s.inference_batch_size, device, cancel)
-        if discrete and sigma_table is not None:
-            sigmas = snap_to_discrete(FittedSteps(sigmas=sigmas, coordinate=sigmas), sigma_table,
-                                      (float(sigma_min), float(sigma_max)), convention).sigmas
+            grid_name, sigmas = _choose_grid(counter, start[train[:GRID_PROBES]], s, nfe, levels, extra_args, device,
+                                             hooks)
+        if discrete and levels.sigma_table is not None:
+            sigmas = snap_to_discrete(FittedSteps(sigmas=sigmas, coordinate=sigmas), levels.sigma_table,
+                                      levels.sigma_range, convention).sigmas
         with counter.phase("teacher"):
-            teacher, residual = _teacher(counter, start, held, sigmas, sigma_min, s, convention, extra_args,
-                                         track.report, cancel)
+            teacher, residual = _teacher(counter, start, held, sigmas, levels, s, extra_args, track, hooks)
         targets = [teacher.start] + [teacher.state_at(float(v)) for v in sigmas[1:]]
-        setup = SolverSetup(base="euler", convention=convention, corrector=False,
-                            sigma_range=(float(sigma_min), float(sigma_max)), extra_args=extra_args, device=device)
+        setup = SolverSetup(base="euler", convention=convention, corrector=False, sigma_range=levels.sigma_range,
+                            extra_args=extra_args, device=device)
         plain_fit = FittedSteps(sigmas=sigmas, coordinate=grid_coordinate(sigmas, setup.sigma_range, convention),
                                 base="euler", corrector=False)
         with counter.phase("fit"):
@@ -281,11 +281,9 @@ def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float,
                 return model(x, sigma, **kwargs)
 
         with frozen_weights(network), adapters.attached():
-            combined = distill(model, shape, sigma_min=sigma_min, sigma_max=sigma_max, nfe=[nfe],
-                               convention=convention, extra_args=extra_args, device=device, teacher_model=original,
-                               sigma_table=sigma_table, schedules=schedules,
+            combined = distill(model, shape, levels=levels, nfe=[nfe], extra_args=extra_args, device=device,
+                               teacher_model=original, hooks=hooks,
                                provenance={"distilled_network": {"lora_rank": s.rank, "grid": grid_name}},
-                               progress=progress, cancel=cancel,
                                **{"seed": s.seed, "dtype": s.dtype, "inference_batch_size": s.inference_batch_size,
                                   **(s.solver or {})})
     provenance["seconds"] = round(time.perf_counter() - began, 3)
@@ -295,30 +293,29 @@ def distill_network(model, network: torch.nn.Module, shape, *, sigma_min: float,
                             with_solver=combined, provenance=provenance)
 
 
-def _check_steps(nfe, sigma_min: float, sigma_max: float):
-    """A clear error where an SFD fit cannot serve ``nfe`` steps on this range."""
+def _check_steps(nfe):
+    """A clear error where an SFD fit cannot serve ``nfe`` steps."""
     if isinstance(nfe, bool) or not isinstance(nfe, int) or not 2 <= nfe <= MAX_NFE:
         raise ValueError(f"NFE must be a whole number from 2 to {MAX_NFE} (a solver file holds 2 steps or "
                          f"more); got {nfe!r}")
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max; got {sigma_min} and {sigma_max}")
 
 
-def _teacher(counter, start, held, sigmas, sigma_min: float, s: SfdSettings, convention, extra_args, report,
-             cancel) -> tuple:
+def _teacher(counter, start, held, sigmas, levels: NoiseLevels, s: SfdSettings, extra_args, track: SfdProgress,
+             hooks: RunHooks) -> tuple:
     """(the teacher record on ``sigmas``' points, its residual): ``s.teacher_steps`` on every
     start state, checked by the validation noises again at half the steps (the difference
     bounds its error); the teacher grid runs down to the model's ``sigma_min``."""
-    grid = teacher_grid([sigmas], s.teacher_steps, convention, sigma_min)
+    convention, batch_size = levels.convention, s.inference_batch_size
+
+    def batches_done(done, _):
+        track.report(-(-done // batch_size), float("nan"), float("nan"))
+
+    grid = teacher_grid([sigmas], s.teacher_steps, convention, levels.sigma_min)
     teacher = record_teacher(counter, start, grid, sigmas[1:], base=s.teacher_base, convention=convention,
-                             extra_args=extra_args, batch_size=s.inference_batch_size,
-                             progress=lambda done, _: report(-(-done // s.inference_batch_size), float("nan"),
-                                                             float("nan")),
-                             cancel=cancel)
-    coarse = record_teacher(counter, start[held], teacher_grid([sigmas], max(2, s.teacher_steps // 2), convention,
-                                                               sigma_min),
-                            base=s.teacher_base, convention=convention, extra_args=extra_args,
-                            batch_size=s.inference_batch_size, cancel=cancel)
+                             extra_args=extra_args, batch_size=batch_size, hooks=hooks.with_progress(batches_done))
+    coarse_grid = teacher_grid([sigmas], max(2, s.teacher_steps // 2), convention, levels.sigma_min)
+    coarse = record_teacher(counter, start[held], coarse_grid, base=s.teacher_base, convention=convention,
+                            extra_args=extra_args, batch_size=batch_size, hooks=RunHooks(cancel=hooks.cancel))
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
                                  "(and its dtype), or lower the CFG scale")
@@ -343,22 +340,22 @@ class SfdProgress:
     as progress(step, total, loss, held_out, seconds_left) with the time left from the steps'
     own pace (NaN before the first); cancel() checked before each step."""
 
-    def __init__(self, progress, cancel, batches: int, iterations: int):
-        self.progress, self.cancel = progress, cancel
+    def __init__(self, hooks: RunHooks, batches: int, iterations: int):
+        self.hooks = hooks
         self.batches, self.iterations = batches, iterations
         self.fit_began = None
 
     def report(self, step, loss, held_out):
-        if self.progress is None:
+        if self.hooks.progress is None:
             return
         seconds_left = float("nan")
         if self.fit_began is not None and step > self.batches:
             done = step - self.batches
             seconds_left = (time.perf_counter() - self.fit_began) / done * (self.iterations - done)
-        self.progress(step, self.batches + self.iterations, loss, held_out, seconds_left)
+        self.hooks.report(step, self.batches + self.iterations, loss, held_out, seconds_left)
 
     def check_cancel(self):
-        if self.cancel is not None and self.cancel():
+        if self.hooks.cancelled():
             raise FitCancelled("the SFD fit was cancelled")
 
 

@@ -20,6 +20,7 @@ import torch
 
 from ..learned_samplers import append_zero, half_log_snr, resolve_convention, sample_learned, sigma_from_half_log_snr
 from .prompts import plain_model, rows_of
+from .settings import NoiseLevels, RunHooks
 
 # Sigmas closer than this (relative) are the same grid point.
 SAME_SIGMA = 1e-6
@@ -120,19 +121,20 @@ def teacher_grid(student_grids, steps: int, convention: str, sigma_min: float | 
 
 def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "dpmpp_3m",
                    convention: str = "auto", extra_args=None, batch_size: int | None = None,
-                   max_state_bytes: int | None = 2 ** 31, dtype=None, progress=None,
-                   cancel=None, trace=None) -> TeacherRecord:
+                   max_state_bytes: int | None = 2 ** 31, dtype=None, hooks: RunHooks | None = None,
+                   trace=None) -> TeacherRecord:
     """Run the teacher solver from ``start`` [M, ...] over ``sigmas`` and keep states at ``keep``.
 
     batch_size: samples per solver run (all at once by default). max_state_bytes: refuse to keep
     more than this many bytes of states (the states live on the CPU). dtype: autocast dtype for
-    model calls (None: the model's own). progress(done, total) after each batch; cancel() before
-    each batch, stopping the run when it returns True or raises. trace: a
+    model calls (None: the model's own). hooks: progress(done, total) after each batch; cancel()
+    before each batch, stopping the run when it returns True or raises. trace: a
     ``trajectory.StepCosts`` that sees every state and denoised value of the run.
     """
     from .fit import FitCancelled, autocast_model
 
     convention = resolve_convention(model, convention)
+    hooks = hooks or RunHooks()
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
     keep = [float(s) for s in keep if float(s) > 0]
     keep_idx = []
@@ -159,7 +161,7 @@ def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "
     began = time.perf_counter()
     grid = sigmas.to(device=start.device, dtype=start.dtype)
     for first in range(0, count, batch_size):
-        if cancel is not None and cancel():
+        if hooks.cancelled():
             raise FitCancelled("teacher recording was cancelled")
         chunk = slice(first, min(first + batch_size, count))
         where = {index: slot for slot, index in enumerate(keep_idx)}
@@ -177,8 +179,7 @@ def record_teacher(model, start: torch.Tensor, sigmas, keep=(), *, base: str = "
         if trace is not None:
             trace.on_step(chunk, len(grid) - 1, 0.0, out, None)
         finals.append(out.detach().float().cpu())
-        if progress is not None:
-            progress(chunk.stop, count)
+        hooks.report(chunk.stop, count)
     return TeacherRecord(
         start=start.detach().float().cpu(),
         final=torch.cat(finals),
@@ -264,10 +265,10 @@ class _TeacherLevels:
     """Runs the refined teacher's levels (some of the start states at a step count, on grids
     from sigma_max to sigma_min and 0) and counts their batches for the progress and their calls."""
 
-    def __init__(self, model, start, sigma_min, sigma_max, convention, extra_args, batch_size, progress, cancel):
-        self.model, self.start, self.sigma_min, self.convention = model, start, sigma_min, convention
-        self.extra_args, self.batch_size, self.progress, self.cancel = extra_args, batch_size, progress, cancel
-        self.ends = [torch.tensor([sigma_max, 0.0], dtype=torch.float64)]
+    def __init__(self, model, start, levels: NoiseLevels, extra_args, batch_size: int, hooks: RunHooks):
+        self.model, self.start, self.sigma_min, self.convention = model, start, levels.sigma_min, levels.convention
+        self.extra_args, self.batch_size, self.hooks = extra_args, batch_size, hooks
+        self.ends = [torch.tensor([levels.sigma_max, 0.0], dtype=torch.float64)]
         self.done, self.total, self.calls_made = 0, 2 * self.batches(start.shape[0]), 0
 
     def batches(self, samples: int) -> int:
@@ -284,30 +285,31 @@ class _TeacherLevels:
 
         def counted(samples, _):
             self.done = before + self.batches(samples)
-            if self.progress is not None:
-                self.progress(self.done, self.total)
+            self.hooks.report(self.done, self.total)
 
         record = record_teacher(self.model, self.start[indices], grid, (), base=base, convention=self.convention,
                                 extra_args=rows_of(self.extra_args, indices), batch_size=self.batch_size,
-                                progress=counted, cancel=self.cancel, trace=trace)
+                                hooks=self.hooks.with_progress(counted), trace=trace)
         self.calls_made += len(indices) * (len(grid) - 1)
         return record.final, len(grid) - 1
 
 
-def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, sigma_max: float,
-                   base: str = "unipc_bh2", convention: str = "auto", extra_args=None, batch_size: int | None = None,
-                   tolerance=TEACHER_TOLERANCE, max_steps: int = MAX_TEACHER_STEPS, progress=None,
-                   cancel=None, plan=None, trace=None, check_base: str = CHECK_BASE) -> RefinedTeacher:
-    """An accurate teacher for ``start`` [M, ...] (states at ``sigma_max``): see ``RefinedTeacher``.
+def refine_teacher(model, start: torch.Tensor, steps: int, *, levels: NoiseLevels, base: str = "unipc_bh2",
+                   extra_args=None, batch_size: int | None = None, tolerance=TEACHER_TOLERANCE,
+                   max_steps: int = MAX_TEACHER_STEPS, hooks: RunHooks | None = None, plan=None,
+                   trace=None) -> RefinedTeacher:
+    """An accurate teacher for ``start`` [M, ...] (states at ``levels.sigma_max``): see
+    ``RefinedTeacher``.
 
     steps: the teacher's own step count (at least 4); the check level runs ``steps // 2`` with
-    ``check_base`` (the teacher's ``base`` where that is Euler or DPM++ 2M: a check needs an
+    ``CHECK_BASE`` (the teacher's ``base`` where that is Euler or DPM++ 2M: a check needs an
     order no higher than the level it checks), the refinement levels ``base``. Every level's
-    grid is ``teacher_grid`` from sigma_max down to ``sigma_min`` and a final 0 (Karras'
-    spacing). tolerance: the estimated error (relative to the results' RMS) above which a
+    grid is ``teacher_grid`` from sigma_max down to ``levels.sigma_min`` and a final 0 (Karras'
+    spacing; the sigma table and schedules of ``levels`` are not used). tolerance: the
+    estimated error (relative to the results' RMS) above which a
     sample is refined, or a function ``tolerance(final) -> float`` told the first fine results
     [M, ...] (``distill`` measures there what the student can reach).
-    progress(done_batches, total_batches) after every batch (the total
+    hooks: progress(done_batches, total_batches) after every batch (the total
     grows when samples are refined); cancel() before every batch, as in ``record_teacher``;
     plan(sample_calls) with the model calls still to come: both first levels at the start, each
     refinement level when it is decided. trace: a ``trajectory.StepCosts`` fed by the level of
@@ -315,19 +317,18 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     """
     if steps < 4:
         raise ValueError(f"the teacher needs at least 4 steps; got {steps}")
-    convention = resolve_convention(model, convention)
+    levels = levels.resolved(model)
+    convention = levels.convention
     count = start.shape[0]
     began = time.perf_counter()
-    if base in ("euler", "dpmpp_2m"):
-        check_base = base
+    check_base = base if base in ("euler", "dpmpp_2m") else CHECK_BASE
     factor = ERROR_ESTIMATE.get(check_base, DEFAULT_ERROR_ESTIMATE)
-    levels = _TeacherLevels(model, start, sigma_min, sigma_max, convention, extra_args, batch_size or count,
-                            progress, cancel)
+    runs = _TeacherLevels(model, start, levels, extra_args, batch_size or count, hooks or RunHooks())
     everyone = torch.arange(count)
     if plan is not None:
-        plan(levels.calls(count, max(2, steps // 2)) + levels.calls(count, steps))
-    coarse, _ = levels.run(everyone, max(2, steps // 2), check_base)
-    final, used = levels.run(everyone, steps, base, trace)
+        plan(runs.calls(count, max(2, steps // 2)) + runs.calls(count, steps))
+    coarse, _ = runs.run(everyone, max(2, steps // 2), check_base)
+    final, used = runs.run(everyone, steps, base, trace)
     sample_steps = torch.full((count,), used, dtype=torch.long)
     scale = float(final.double().pow(2).mean().sqrt()) or 1.0
     residuals = (final.double() - coarse.double()).flatten(1).pow(2).mean(1).sqrt()
@@ -339,20 +340,20 @@ def refine_teacher(model, start: torch.Tensor, steps: int, *, sigma_min: float, 
     unsettled = everyone[residuals > limit]
     while len(unsettled) and 2 * level_steps <= max_steps:
         level_steps *= 2
-        levels.total += levels.batches(len(unsettled))
+        runs.total += runs.batches(len(unsettled))
         if plan is not None:
-            plan(levels.calls(len(unsettled), level_steps))
-        finer, used = levels.run(unsettled, level_steps, base)
+            plan(runs.calls(len(unsettled), level_steps))
+        finer, used = runs.run(unsettled, level_steps, base)
         residuals[unsettled] = (finer.double() - final[unsettled].double()).flatten(1).pow(2).mean(1).sqrt()
         final[unsettled] = finer
         sample_steps[unsettled] = used
         unsettled = unsettled[residuals[unsettled] > limit]
     settled = torch.ones(count, dtype=torch.bool)
     settled[unsettled] = False
-    full_grid = teacher_grid(levels.ends, steps, convention, sigma_min)
+    full_grid = teacher_grid(runs.ends, steps, convention, levels.sigma_min)
     return RefinedTeacher(start=start.detach().float().cpu(), final=final, sigmas=full_grid,
                           kept_sigmas=torch.zeros(0, dtype=torch.float64),
                           states=torch.zeros((0,) + tuple(start.shape)), base=base, convention=convention,
                           seconds=time.perf_counter() - began, settings={"base": base, "steps": steps},
-                          residuals=residuals, sample_steps=sample_steps, settled=settled, calls=levels.calls_made,
+                          residuals=residuals, sample_steps=sample_steps, settled=settled, calls=runs.calls_made,
                           tolerance=tolerance, scale=scale, factor=factor, check_base=check_base)

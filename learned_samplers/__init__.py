@@ -21,6 +21,7 @@ from .conventions import (
 from .gaussian_mixture import GaussianMixtureDenoiser, GuidedDenoiser, single_gaussian_ode_solution
 from .solver import (
     LEARNED_OPTIONS,
+    StepCorrections,
     SAMPLERS,
     append_zero,
     check_sigmas,
@@ -40,6 +41,7 @@ __all__ = [
     "HISTORY",
     "MIN_LAMBDA_GAP",
     "LEARNED_OPTIONS",
+    "StepCorrections",
     "PREDICTIONS",
     "SAMPLERS",
     "GaussianMixtureDenoiser",

@@ -6,12 +6,13 @@ runs N = len(sigmas) - 1 model calls ``model(x, sigma * s_in, **extra_args)`` an
 
 * ``base``: ``euler`` (= DDIM), ``dpmpp_2m``, ``dpmpp_3m`` (ODE forms), ``ipndm``,
   ``unipc_bh1``, ``unipc_bh2``;
-* ``d_corrections`` [N, K<=4], ``step_scales`` [N], ``corrector_corrections`` [N]: zero-initialised
-  corrections to the base weights (see ``coefficients``);
 * ``max_order``: cap on the base's order (history length), as ComfyUI's iPNDM ``max_order``;
 * ``corrector``: the zero-extra-call UniPC-style corrector (default on for UniPC bases only);
-* ``eval_offsets`` [N]: decoupled model-evaluation times, in half-log-SNR units: step i calls the
-  model at the sigma whose lambda is lambda(sigma_i) + eval_offsets[i], on the state at sigma_i;
+* ``corrections``: what a fit learns per step (``StepCorrections``): ``d_corrections`` [N, K<=4],
+  ``step_scales`` [N], ``corrector_corrections`` [N], zero-initialised corrections to the base
+  weights (see ``coefficients``), and ``eval_offsets`` [N], decoupled model-evaluation times in
+  half-log-SNR units: step i calls the model at the sigma whose lambda is
+  lambda(sigma_i) + eval_offsets[i], on the state at sigma_i;
 * ``convention``: ``"auto"`` (ComfyUI flow models are detected), ``"ve"`` or ``"flow"``;
 * ``step_hook(i, x_next, direction) -> x_next``: called after each predictor step with the
   step's D-ODE direction ``s_i (D_i - D_{i-1})`` (step 0: ``s_0 (D_0 - x_0)``); what it returns is
@@ -23,6 +24,10 @@ latent arithmetic runs in ``x``'s dtype and device, so model calls may run under
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,8 +46,31 @@ def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-# the options of ``sample_learned`` that a fit learns (tensors per step), in file order
-LEARNED_OPTIONS = ("eval_offsets", "d_corrections", "step_scales", "corrector_corrections")
+@dataclass(frozen=True)
+class StepCorrections:
+    """What a fit learns per step on top of a base solver, for a grid of N steps; None: not
+    learned. eval_offsets [N]: decoupled evaluation times (half-log-SNR units); d_corrections
+    [N, K<=4]: corrections to the weights of the newest K denoiser outputs; step_scales [N]:
+    D-ODE's scales of each step's direction; corrector_corrections [N]: corrections to the
+    corrector's weight of the new output. Tensors or lists of numbers."""
+
+    eval_offsets: Any = None
+    d_corrections: Any = None
+    step_scales: Any = None
+    corrector_corrections: Any = None
+
+    def present(self) -> dict:
+        """name -> value of the corrections that are set, in file order."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # no copies: grads flow
+        return {name: value for name, value in values.items() if value is not None}
+
+    def tail(self, steps: int) -> StepCorrections:
+        """The corrections of the last ``steps`` steps (a grid's tail, as denoise < 1 runs it)."""
+        return StepCorrections(**{name: value[len(value) - steps:] for name, value in self.present().items()})
+
+
+# the corrections a fit learns (tensors per step), in file order
+LEARNED_OPTIONS = tuple(f.name for f in dataclasses.fields(StepCorrections))
 
 
 def check_sigmas(sigmas, convention: str = "ve") -> torch.Tensor:
@@ -120,13 +148,13 @@ def _checked_d_corrections(d_corrections, steps: int):
 
 
 def sample_learned(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-                   base: str = "dpmpp_2m", convention: str = "auto", d_corrections=None,
-                   step_scales=None, corrector=None, corrector_corrections=None,
-                   eval_offsets=None, max_order=None, step_hook=None):
+                   base: str = "dpmpp_2m", convention: str = "auto", corrector=None, max_order=None,
+                   corrections: StepCorrections | None = None, step_hook=None):
     """Solve the probability-flow ODE from ``sigmas[0]`` to ``sigmas[-1]`` with N model calls.
 
     x: [B, ...] state at ``sigmas[0]`` (already noise-scaled, as ComfyUI passes it).
     sigmas: [N+1] strictly decreasing host sigmas; a final 0 makes the last step a denoise.
+    corrections: a fit's ``StepCorrections`` for these N steps (None: the plain base).
     Returns x at ``sigmas[-1]``, same shape and dtype as ``x``.
     """
     if base not in BASE_SOLVERS:
@@ -139,11 +167,12 @@ def sample_learned(model, x, sigmas, extra_args=None, callback=None, disable=Non
     if not torch.is_tensor(sigmas):
         sigmas = values.to(x.dtype)
     steps = sigmas.shape[0] - 1
-    d_corrections = _checked_d_corrections(d_corrections, steps)
-    step_scales = _check_coefficient("step_scales", step_scales, (steps,), f"[{steps}]")
+    corrections = corrections or StepCorrections()
+    d_corrections = _checked_d_corrections(corrections.d_corrections, steps)
+    step_scales = _check_coefficient("step_scales", corrections.step_scales, (steps,), f"[{steps}]")
     corrector_corrections = _check_coefficient(
-        "corrector_corrections", corrector_corrections, (steps,), f"[{steps}]")
-    eval_offsets = _check_coefficient("eval_offsets", eval_offsets, (steps,), f"[{steps}]")
+        "corrector_corrections", corrections.corrector_corrections, (steps,), f"[{steps}]")
+    eval_offsets = _check_coefficient("eval_offsets", corrections.eval_offsets, (steps,), f"[{steps}]")
     if corrector is None:
         corrector = base.startswith("unipc") or corrector_corrections is not None
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..learned_samplers import LEARNED_OPTIONS, MIN_LAMBDA_GAP, append_zero, half_log_snr, sample_learned
+from ..learned_samplers import (LEARNED_OPTIONS, MIN_LAMBDA_GAP, StepCorrections, append_zero, half_log_snr,
+                                sample_learned)
 from .grids import grid_coordinate, loglinear_interp, sigmas_from_coordinate
 
 
@@ -86,13 +87,18 @@ class FittedSteps:
         return len(self.sigmas) - 1
 
     def options(self) -> dict:
-        """The tensor options of ``sample_learned`` this fit sets."""
+        """The corrections this fit learned, name -> tensor (what its file holds)."""
         return {name: getattr(self, name) for name in LEARNED_OPTIONS if getattr(self, name) is not None}
 
+    def corrections(self) -> StepCorrections:
+        """The corrections this fit learned, as ``sample_learned`` takes them."""
+        return StepCorrections(**self.options())
+
     def solver_options(self) -> dict:
-        """``options()`` plus this fit's own base and corrector where it has them."""
+        """``sample_learned`` options: the corrections plus this fit's own base and corrector
+        where it has them."""
         own = {name: getattr(self, name) for name in ("base", "corrector") if getattr(self, name) is not None}
-        return {**own, **self.options()}
+        return {**own, "corrections": self.corrections()}
 
 
 @dataclass
@@ -210,9 +216,7 @@ class LearnedSolver:
             fit = self.fits[nfe]
             tail = fit.sigmas[-(steps + 1):]
             if nfe > steps and torch.allclose(tail, sigmas, rtol=1e-4, atol=1e-7):
-                options = {name: value[nfe - steps:] for name, value in fit.options().items()}
-                own = {k: v for k, v in fit.solver_options().items() if k in ("base", "corrector")}
-                return {**shared, **own, **options}, []
+                return {**shared, **fit.solver_options(), "corrections": fit.corrections().tail(steps)}, []
         return shared, [f"no fit for {steps} steps on this grid (fitted: {self.nfes}); sampling with the "
                         f"plain {self.base} solver"]
 

@@ -31,6 +31,7 @@ _load_package()
 
 from learned_solvers.hosts.webui import fitting  # noqa: E402
 from learned_solvers.distill.cost import progress_text  # noqa: E402
+from learned_solvers.distill.settings import RunHooks  # noqa: E402
 from learned_solvers.hosts.webui import samplers as webui  # noqa: E402
 from learned_solvers.schedules.files import new_file_path, save_learned_solver  # noqa: E402
 from modules import (paths, processing, script_callbacks, scripts, sd_samplers, sd_samplers_common,  # noqa: E402
@@ -85,9 +86,9 @@ def fit_and_save(body: dict) -> tuple:
     with queue_lock:
         shared.state.begin(job="learned_solvers_distill")
         try:
-            solver = fitting.distill_webui_model(WEBUI, network=_network, progress=_progress,
-                                                 cancel=lambda: bool(shared.state.interrupted),
-                                                 provenance=_model_facts, **request)
+            hooks = RunHooks(progress=_progress, cancel=lambda: bool(shared.state.interrupted))
+            solver = fitting.distill_webui_model(WEBUI, network=_network, hooks=hooks, provenance=_model_facts,
+                                                 **request)
         finally:
             shared.state.end()
     save_learned_solver(solver, path)

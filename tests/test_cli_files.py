@@ -6,7 +6,7 @@ import pytest
 from helpers import hub_cache
 
 from learned_solvers.__main__ import main
-from learned_solvers.distill import distill
+from learned_solvers.distill import NoiseLevels, distill
 from learned_solvers.learned_samplers import GaussianMixtureDenoiser
 from learned_solvers.schedules import load_learned_solver, save_learned_solver
 
@@ -16,8 +16,8 @@ SHAPE = (2, 8, 8)
 @pytest.fixture(scope="module")
 def solver_file(tmp_path_factory):
     model = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
-    solver = distill(model, SHAPE, sigma_min=0.0291675, sigma_max=14.6146412, nfe=[4, 6], method="dode",
-                     samples=8, validation=4, teacher_steps=16, convention="ve")
+    solver = distill(model, SHAPE, levels=NoiseLevels(0.0291675, 14.6146412, convention="ve"),
+                     nfe=[4, 6], method="dode", samples=8, validation=4, teacher_steps=16)
     return save_learned_solver(solver, tmp_path_factory.mktemp("fit") / "mix", metadata={"author": "A. Artist"})
 
 

@@ -35,13 +35,6 @@ def pack():
 def few_validation_seeds(pack, monkeypatch):
     """The node's fits here hold out 8 seeds, not the default 64: what these tests check does not
     depend on the count, and the teacher and validation runs are most of their time."""
-    import sys
-
-    for module in list(sys.modules.values()):
-        if (getattr(module, "__name__", "").endswith("hosts.comfyui.fitting")
-                and hasattr(getattr(module, "distill_model", None), "__kwdefaults__")):
-            defaults = dict(module.distill_model.__kwdefaults__, validation=8)
-            monkeypatch.setattr(module.distill_model, "__kwdefaults__", defaults)
     execute = pack["LSDistillSampler"].execute.__func__  # the node's own default for its optional input
     names = execute.__code__.co_varnames[:execute.__code__.co_argcount]
     defaults = list(execute.__defaults__)
@@ -249,8 +242,8 @@ def test_pull_node_takes_a_file_from_the_hub_cache_and_refuses_a_hostile_one(pac
     from learned_solvers.schedules import save_learned_solver
 
     mixture = GaussianMixtureDenoiser.power_law(shape=(2, 4, 4), components=2, seed=0)
-    fitted = distill(mixture, (2, 4, 4), sigma_min=0.03, sigma_max=14.6, nfe=[3], method="dode", samples=4,
-                     validation=2, teacher_steps=8, convention="ve")
+    fitted = distill(mixture, (2, 4, 4), levels=NoiseLevels(0.03, 14.6, convention="ve"), nfe=[3],
+                     method="dode", samples=4, validation=2, teacher_steps=8)
     good = open(save_learned_solver(fitted, tmp_path / "mix3"), "rb").read()
     cache = hub_cache(tmp_path / "hub", "someone/solvers",
                       {"mix3.safetensors": good, "evil.safetensors": b"\x80\x04 not a safetensors file"})

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from learned_solvers.distill import distill
+from learned_solvers.distill import NoiseLevels, RunHooks, distill
 from learned_solvers.distill import cost
 from learned_solvers.learned_samplers import GaussianMixtureDenoiser
 from learned_solvers.schedules import load_learned_solver, save_learned_solver
@@ -14,8 +14,9 @@ from learned_solvers.schedules import load_learned_solver, save_learned_solver
 SHAPE = (2, 8, 8)
 SIGMA_MIN, SIGMA_MAX = 0.0291675, 14.6146412
 MIXTURE = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
-SMALL = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=24, validation=16, iterations=6, batch_size=4,
-             micro_batch=2, validate_every=3, teacher_steps=16, inference_batch_size=8, convention="ve")
+LEVELS = NoiseLevels(SIGMA_MIN, SIGMA_MAX, convention="ve")
+SMALL = dict(levels=LEVELS, samples=24, validation=16, iterations=6, batch_size=4,
+             micro_batch=2, validate_every=3, teacher_steps=16, inference_batch_size=8)
 
 
 class CountingModel:
@@ -111,7 +112,7 @@ def test_under_guidance_the_calls_reported_are_the_calls_the_guided_model_saw():
 
 def test_progress_reports_an_estimate_once_calls_are_timed():
     reports = []
-    distill(CountingModel(), SHAPE, nfe=[4], progress=lambda *args: reports.append(args), **SMALL)
+    distill(CountingModel(), SHAPE, nfe=[4], hooks=RunHooks(progress=lambda *args: reports.append(args)), **SMALL)
     seconds = [report[4] for report in reports]
     assert all(value >= 0 for value in seconds if not math.isnan(value))
     assert not any(math.isnan(value) for value in seconds[1:])
@@ -124,8 +125,8 @@ def test_a_second_start_is_fitted_too_and_counted_in_the_plan():
     # NFE 3 and 4: both are fitted, and the plan grows by the second fit when it is known
     hard = GaussianMixtureDenoiser.close_modes(shape=SHAPE, seed=0)
     reports = []
-    solver = distill(hard, SHAPE, nfe=[3, 4], teacher_tolerance=0.5, progress=lambda *args: reports.append(args),
-                     **SMALL)
+    solver = distill(hard, SHAPE, nfe=[3, 4], teacher_tolerance=0.5,
+                     hooks=RunHooks(progress=lambda *args: reports.append(args)), **SMALL)
     twice = [n for n, fit in solver.fits.items() if fit.start.get("also_fitted")]
     assert twice
     # the progress counts the second fit's iterations too: it never runs back, and ends at its total

@@ -7,6 +7,8 @@ from learned_solvers.distill import (
     SolverSetup,
     FitCancelled,
     FitDiverged,
+    NoiseLevels,
+    RunHooks,
     FittedSteps,
     distill,
     fit_step_scales,
@@ -16,14 +18,15 @@ from learned_solvers.distill import (
     start_states,
     teacher_grid,
 )
-from learned_solvers.learned_samplers import GaussianMixtureDenoiser, sample_learned
+from learned_solvers.learned_samplers import GaussianMixtureDenoiser, StepCorrections, sample_learned
 from learned_solvers.schedules import karras
 
 SHAPE = (2, 8, 8)
 SIGMA_MIN, SIGMA_MAX = 0.0291675, 14.6146412
 MODEL = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
-SMALL = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=48, validation=32, iterations=40,
-             batch_size=16, micro_batch=16, teacher_steps=32, convention="ve")
+LEVELS = NoiseLevels(SIGMA_MIN, SIGMA_MAX, convention="ve")
+SMALL = dict(levels=LEVELS, samples=48, validation=32, iterations=40,
+             batch_size=16, micro_batch=16, teacher_steps=32)
 
 
 def held_out_rmse(solver, nfe, base_grid=None, base=None):
@@ -75,8 +78,8 @@ def test_dode_matches_a_direct_least_squares_solve():
 
         fixed = scales.clone()
         fixed[i:] = 0  # steps before i as fitted, step i and later plain
-        sample_learned(MODEL, start, grid.float(), base="dpmpp_2m", step_scales=fixed, step_hook=capture,
-                       disable=True)
+        sample_learned(MODEL, start, grid.float(), base="dpmpp_2m", corrections=StepCorrections(step_scales=fixed),
+                       step_hook=capture, disable=True)
         target = teacher.state_at(float(grid[i + 1])) if grid[i + 1] > 0 else teacher.final
         a = captured["g"].double().reshape(-1, 1)
         b = (target - captured["x"]).double().reshape(-1, 1)
@@ -154,8 +157,8 @@ def test_cancel_stops_within_one_iteration():
 
     progress = []
     with pytest.raises(FitCancelled):
-        distill(MODEL, SHAPE, nfe=[4], method="s4s", cancel=cancel,
-                progress=lambda *args: progress.append(args), **SMALL)
+        distill(MODEL, SHAPE, nfe=[4], method="s4s",
+                hooks=RunHooks(progress=lambda *args: progress.append(args), cancel=cancel), **SMALL)
     assert len(progress) <= 5  # teacher batch + four iterations at most, then it stopped
 
 

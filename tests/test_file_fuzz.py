@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from learned_solvers.distill import distill
+from learned_solvers.distill import NoiseLevels, distill
 from learned_solvers.learned_samplers import GaussianMixtureDenoiser
 from learned_solvers.schedules import LearnedSolverFileError, solver_from_bytes
 from learned_solvers.schedules.files import FORMAT_VERSION, solver_metadata, solver_tensors
@@ -25,8 +25,8 @@ MODEL = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
 def _valid_blob():
     from safetensors.torch import save
 
-    solver = distill(MODEL, SHAPE, sigma_min=0.0291675, sigma_max=14.6146412, nfe=[3, 5], method="auto",
-                     samples=8, validation=4, iterations=3, teacher_steps=12, convention="ve")
+    solver = distill(MODEL, SHAPE, levels=NoiseLevels(0.0291675, 14.6146412, convention="ve"),
+                     nfe=[3, 5], method="auto", samples=8, validation=4, iterations=3, teacher_steps=12)
     return save(solver_tensors(solver), metadata=solver_metadata(solver, {"author": "fuzz", "cfg": 7.0}))
 
 

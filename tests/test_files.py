@@ -10,7 +10,7 @@ import struct
 import pytest
 import torch
 
-from learned_solvers.distill import distill
+from learned_solvers.distill import NoiseLevels, distill
 from learned_solvers.learned_samplers import GaussianMixtureDenoiser
 from learned_solvers.schedules import (
     LearnedSolverFileError,
@@ -27,8 +27,8 @@ MODEL = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
 
 @pytest.fixture(scope="module")
 def solver():
-    return distill(MODEL, SHAPE, sigma_min=0.0291675, sigma_max=14.6146412, nfe=[3, 4], method="auto",
-                   samples=16, validation=8, iterations=6, teacher_steps=16, convention="ve")
+    return distill(MODEL, SHAPE, levels=NoiseLevels(0.0291675, 14.6146412, convention="ve"),
+                   nfe=[3, 4], method="auto", samples=16, validation=8, iterations=6, teacher_steps=16)
 
 
 @pytest.fixture()

@@ -3,7 +3,7 @@ the student can reach."""
 
 import torch
 
-from learned_solvers.distill import distill, refine_teacher, start_states
+from learned_solvers.distill import NoiseLevels, distill, refine_teacher, start_states
 from learned_solvers.distill.pipeline import FirstResults, candidate_schedules, teacher_tolerance
 from learned_solvers.distill.scoring import (builtin_pairs, error_summary, no_worse_tail, ratio_interval, score_pairs,
                                              tail_error, typical_error)
@@ -14,8 +14,9 @@ from learned_solvers.schedules import beta, builtin_schedules, karras, load_lear
 SHAPE = (2, 8, 8)
 SIGMA_MIN, SIGMA_MAX = 0.0291675, 14.6146412
 MODEL = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
-SMALL = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=32, validation=32, iterations=20, batch_size=8,
-             micro_batch=8, convention="ve")
+LEVELS = NoiseLevels(SIGMA_MIN, SIGMA_MAX, convention="ve")
+SMALL = dict(levels=LEVELS, samples=32, validation=32, iterations=20, batch_size=8,
+             micro_batch=8)
 
 
 def per_sample(out, target):
@@ -25,7 +26,7 @@ def per_sample(out, target):
 def test_the_fit_starts_from_the_best_base_when_it_is_not_the_old_default():
     # on this mixture at 6 karras steps iPNDM is more than twice as close to the teacher as DPM++ 2M
     start = start_states(SHAPE, 48, SIGMA_MAX, "ve", seed=0)
-    teacher = refine_teacher(MODEL, start, 32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
+    teacher = refine_teacher(MODEL, start, 32, levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX))
     grid = karras(6, SIGMA_MIN, SIGMA_MAX, final_zero=True).float()
     scores = {b: float(per_sample(sample_learned(MODEL, start, grid, base=b, disable=True), teacher.final).mean())
               for b in BASE_SOLVERS}
@@ -72,8 +73,7 @@ def _judged_teacher(model, steps, nfe=4, seeds=32):
     the teacher refined at distill's tolerance for ``nfe`` ("auto"), and the reach, the smallest
     median error of a built-in pair at ``nfe`` on the floor's first probe seeds."""
     start = start_states((4, 32, 32), seeds, SIGMA_MAX, "ve", seed=1)
-    pairs = builtin_pairs(candidate_schedules("auto", SIGMA_MIN, SIGMA_MAX, "ve"), nfe, BASE_SOLVERS, SIGMA_MIN,
-                          SIGMA_MAX, "ve")
+    pairs = builtin_pairs(candidate_schedules("auto", LEVELS), nfe, BASE_SOLVERS, SIGMA_MIN, SIGMA_MAX, "ve")
     setup = SolverSetup(base="euler", convention="ve", corrector=False, sigma_range=(SIGMA_MIN, SIGMA_MAX))
     first_round = []
 
@@ -81,10 +81,12 @@ def _judged_teacher(model, steps, nfe=4, seeds=32):
         first_round.extend(score_pairs(model, FirstResults(start, final), torch.arange(3), pairs, setup, 8))
         return teacher_tolerance(first_round, final)
 
-    teacher = refine_teacher(model, start, steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, tolerance=tolerance)
-    plain = refine_teacher(model, start, steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, max_steps=steps)
-    reference = refine_teacher(model.to(dtype=torch.float64), start.double(), 128, sigma_min=SIGMA_MIN,
-                               sigma_max=SIGMA_MAX, max_steps=128)
+    teacher = refine_teacher(model, start, steps, levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX),
+                             tolerance=tolerance)
+    plain = refine_teacher(model, start, steps, levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX),
+                           max_steps=steps)
+    reference = refine_teacher(model.to(dtype=torch.float64), start.double(), 128,
+                               levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX), max_steps=128)
     reach = min(float(errors.median()) for *_, errors in first_round)
     return teacher, plain, reference.final, reach
 
@@ -185,8 +187,8 @@ def test_the_teacher_refines_where_its_estimated_error_is_above_the_tolerance():
     start = start_states(hard.shape, 24, SIGMA_MAX, "ve", seed=0)
     for base, factor, tolerance in (("dpmpp_3m", 3.0, 0.005), ("unipc_bh2", 3.0, 0.005), ("dpmpp_2m", 3.0, 0.01),
                                     ("euler", 1.0, 0.05)):
-        teacher = refine_teacher(hard, start, 32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, batch_size=24,
-                                 base=base, max_steps=32, tolerance=tolerance)
+        teacher = refine_teacher(hard, start, 32, levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX),
+                                 batch_size=24, base=base, max_steps=32, tolerance=tolerance)
         assert teacher.check_base == ("euler" if base == "euler" else "dpmpp_2m")
         scale = float(teacher.final.double().pow(2).mean().sqrt())
         expected = teacher.residuals <= tolerance * factor * scale

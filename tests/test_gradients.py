@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from learned_solvers.learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
+from learned_solvers.learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, StepCorrections, sample_learned
 
 
 def small_mixture(dims=3, components=2, seed=0):
@@ -56,8 +56,8 @@ def test_gradcheck_with_respect_to_every_coefficient(base):
     def final_sample(d_corrections, step_scales, corrector_corrections, eval_offsets):
         return sample_learned(
             model, x, sigmas, base=base, convention=convention, disable=True, corrector=True,
-            d_corrections=d_corrections, step_scales=step_scales,
-            corrector_corrections=corrector_corrections, eval_offsets=eval_offsets)
+            corrections=StepCorrections(d_corrections=d_corrections, step_scales=step_scales,
+                                        corrector_corrections=corrector_corrections, eval_offsets=eval_offsets))
 
     assert torch.autograd.gradcheck(final_sample, coefficients, eps=1e-6, atol=1e-5)
 
@@ -72,7 +72,8 @@ def test_every_coefficient_moves_the_result():
                         ("step_scales", torch.full((steps,), 0.1, dtype=torch.float64)),
                         ("corrector_corrections", torch.full((steps,), 0.1, dtype=torch.float64)),
                         ("eval_offsets", torch.full((steps,), 0.1, dtype=torch.float64))]:
-        moved = sample_learned(model, x, sigmas, base="dpmpp_2m", disable=True, **{name: value})
+        moved = sample_learned(model, x, sigmas, base="dpmpp_2m", disable=True,
+                               corrections=StepCorrections(**{name: value}))
         assert (moved - plain).abs().max() > 1e-4, name
 
 
@@ -83,10 +84,10 @@ def test_zero_corrections_are_exactly_the_base_solver():
     zeros = torch.zeros(steps, dtype=torch.float64)
     for base in BASE_SOLVERS:
         plain = sample_learned(model, x, sigmas, base=base, disable=True)
-        zeroed = sample_learned(model, x, sigmas, base=base, disable=True,
-                                d_corrections=torch.zeros(steps, 4, dtype=torch.float64),
-                                step_scales=zeros, eval_offsets=zeros,
-                                corrector_corrections=zeros if base.startswith("unipc") else None)
+        corrections = StepCorrections(d_corrections=torch.zeros(steps, 4, dtype=torch.float64), step_scales=zeros,
+                                      eval_offsets=zeros,
+                                      corrector_corrections=zeros if base.startswith("unipc") else None)
+        zeroed = sample_learned(model, x, sigmas, base=base, disable=True, corrections=corrections)
         torch.testing.assert_close(zeroed, plain, rtol=0, atol=1e-12)
 
 
@@ -112,7 +113,7 @@ def test_gradients_flow_under_autocast_model_calls(dtype):
     x = 14.6 * torch.randn(4, 8)
     with torch.autocast("cpu", dtype=dtype):
         out = sample_learned(model, x, torch.cat([sigmas[:1], interior, sigmas[-1:]]),
-                             base="dpmpp_3m", d_corrections=corrections, disable=True)
+                             base="dpmpp_3m", corrections=StepCorrections(d_corrections=corrections), disable=True)
     assert out.dtype == torch.float32
     out.pow(2).mean().backward()
     for grad in (interior.grad, corrections.grad):

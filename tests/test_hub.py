@@ -9,7 +9,7 @@ import yaml
 from helpers import hub_cache
 from huggingface_hub import HfApi
 
-from learned_solvers.distill import distill
+from learned_solvers.distill import NoiseLevels, distill
 from learned_solvers.learned_samplers import GaussianMixtureDenoiser
 from learned_solvers.schedules import LearnedSolverFileError, load_learned_solver, save_learned_solver
 from learned_solvers.schedules.hub import SharingError, model_card, pull_learned_solver, push_learned_solver
@@ -22,8 +22,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def solver_file(tmp_path_factory):
     model = GaussianMixtureDenoiser.power_law(shape=SHAPE, components=4, seed=0)
-    solver = distill(model, SHAPE, sigma_min=0.0291675, sigma_max=14.6146412, nfe=[4], method="dode",
-                     samples=8, validation=4, teacher_steps=12, convention="ve")
+    solver = distill(model, SHAPE, levels=NoiseLevels(0.0291675, 14.6146412, convention="ve"),
+                     nfe=[4], method="dode", samples=8, validation=4, teacher_steps=12)
     return save_learned_solver(solver, tmp_path_factory.mktemp("fit") / "mix4",
                                metadata={"author": "A. Artist", "license": "CC0-1.0", "description": "test fit"})
 

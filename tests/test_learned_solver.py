@@ -38,10 +38,10 @@ def test_denoise_returns_the_tail_of_the_longer_grid_and_its_coefficients(solver
     # 4 steps are fitted too, but this grid is the 8-step tail: the tail's coefficients apply
     options, notes = solver.options_for(sigmas)
     assert notes == []
-    assert torch.equal(options["d_corrections"], solver.fits[4].d_corrections)  # exact NFE match wins
+    assert torch.equal(options["corrections"].d_corrections, solver.fits[4].d_corrections)  # exact NFE match wins
     tail, _ = solver.schedule(3, denoise=3 / 8)
     options, notes = solver.options_for(tail)
-    assert notes == [] and torch.equal(options["d_corrections"], solver.fits[8].d_corrections[5:])
+    assert notes == [] and torch.equal(options["corrections"].d_corrections, solver.fits[8].d_corrections[5:])
 
 
 def test_unfitted_steps_are_interpolated_with_a_warning(solver):
@@ -67,7 +67,7 @@ def test_k_sampler_matches_sample_learned_with_the_fit(solver):
     heard = []
     out = solver.k_sampler(warn=heard.append)(model, x, solver.fits[4].sigmas, disable=True)
     expected = sample_learned(model, x, solver.fits[4].sigmas, base="dpmpp_2m", convention="ve",
-                              corrector=False, **solver.fits[4].options())
+                              corrector=False, corrections=solver.fits[4].corrections())
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     assert heard == []
     solver.k_sampler(warn=heard.append)(model, x, karras(5, *RANGE, final_zero=True), disable=True)

@@ -4,15 +4,16 @@ every prompt, each sample run with its own prompt, and the errors reported per h
 import pytest
 import torch
 
-from learned_solvers.distill import distill
+from learned_solvers.distill import NoiseLevels, distill
 from learned_solvers.distill.prompts import (PerSample, assign_prompts, plain_args, route_prompts, rows_of,
                                              split_prompts)
 from learned_solvers.learned_samplers import GaussianMixtureDenoiser
 
 SHAPE = (2, 8, 8)
 MIXTURE = GaussianMixtureDenoiser.close_modes(shape=SHAPE, prompts=True)
-SMALL = dict(sigma_min=0.0291675, sigma_max=14.6146412, samples=16, validation=16, iterations=4, batch_size=4,
-             micro_batch=2, validate_every=2, teacher_steps=16, inference_batch_size=8, convention="ve")
+LEVELS = NoiseLevels(0.0291675, 14.6146412, convention="ve")
+SMALL = dict(levels=LEVELS, samples=16, validation=16, iterations=4, batch_size=4,
+             micro_batch=2, validate_every=2, teacher_steps=16, inference_batch_size=8)
 
 
 class PromptRecorder:

@@ -1,11 +1,12 @@
 """SFD: LoRA adapters on the shipped test UNet, their file, and the fit (CPU, no host)."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from learned_solvers.distill import FitCancelled
+from learned_solvers.distill import FitCancelled, NoiseLevels, RunHooks
 from learned_solvers.distill.lora import COMFYUI_PREFIX, LoraAdapters, lora_targets, save_lora
 from learned_solvers.distill.sfd import SfdSettings, distill_network
 from learned_solvers.learned_samplers import sample_learned
@@ -14,7 +15,7 @@ from learned_solvers.schedules.files import check_writable
 from learned_solvers.testmodel import load_test_unet
 
 SD15 = discrete_vp_sigmas()
-RANGE = dict(sigma_min=float(SD15[0]), sigma_max=float(SD15[-1]))
+LEVELS = NoiseLevels(float(SD15[0]), float(SD15[-1]), convention="ve")
 QUICK = dict(samples=12, validation=6, iterations=20, teacher_steps=8, batch_size=4, validate_every=10, lr=3e-3)
 
 
@@ -104,8 +105,9 @@ def test_bad_settings_and_folders_are_refused_with_the_fix(unet, tmp_path):
 def test_sfd_beats_plain_euler_and_leaves_the_network_untouched(unet):
     weights = {k: v.clone() for k, v in unet.state_dict().items()}
     seen = []
-    result = distill_network(unet, unet, unet.sample_shape, nfe=2, convention="ve", sigma_table=SD15,
-                             progress=lambda *a: seen.append(a), **RANGE, **QUICK)
+    result = distill_network(unet, unet, unet.sample_shape, nfe=2,
+                             levels=dataclasses.replace(LEVELS, sigma_table=SD15),
+                             hooks=RunHooks(progress=lambda *a: seen.append(a)), **QUICK)
     assert all(torch.equal(weights[k], v) for k, v in unet.state_dict().items())
     assert all(not m._forward_hooks for m in unet.modules()) and all(p.grad is None for p in unet.parameters())
     assert result.nfe == 2 and len(result.sigmas) == 3 and float(result.sigmas[-1]) == 0
@@ -133,23 +135,23 @@ def test_cancel_stops_the_fit_and_takes_the_hooks_off(unet):
         return len(calls) > 4
 
     with pytest.raises(FitCancelled):
-        distill_network(unet, unet, unet.sample_shape, nfe=2, convention="ve", cancel=cancel, **RANGE, **QUICK)
+        distill_network(unet, unet, unet.sample_shape, nfe=2, levels=LEVELS, hooks=RunHooks(cancel=cancel), **QUICK)
     assert all(not m._forward_hooks for m in unet.modules())
 
 
 def test_a_given_grid_is_used_and_a_wrong_one_refused(unet):
-    grid = [RANGE["sigma_max"], 2.0, 0.0]
-    result = distill_network(unet, unet, unet.sample_shape, nfe=2, convention="ve", grid=grid,
-                             **RANGE, **{**QUICK, "iterations": 2})
+    grid = [LEVELS.sigma_max, 2.0, 0.0]
+    result = distill_network(unet, unet, unet.sample_shape, nfe=2, levels=LEVELS, grid=grid,
+                             **{**QUICK, "iterations": 2})
     assert result.grid_name == "given" and result.sigmas.tolist() == pytest.approx(grid)
     with pytest.raises(ValueError, match="3 decreasing sigmas"):
-        distill_network(unet, unet, unet.sample_shape, nfe=2, convention="ve", grid=[14.6, 0.0], **RANGE, **QUICK)
+        distill_network(unet, unet, unet.sample_shape, nfe=2, levels=LEVELS, grid=[14.6, 0.0], **QUICK)
 
 
 def test_euler_with_the_adapters_is_what_the_solver_file_samples(unet):
-    result = distill_network(unet, unet, unet.sample_shape, nfe=2, convention="ve", **RANGE,
+    result = distill_network(unet, unet, unet.sample_shape, nfe=2, levels=LEVELS,
                              **{**QUICK, "iterations": 5})
-    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(9)) * RANGE["sigma_max"]
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(9)) * LEVELS.sigma_max
     with torch.no_grad(), result.adapters.attached():
         direct = sample_learned(unet, x, result.sigmas.float(), base="euler", disable=True)
         through = result.solver.k_sampler()(unet, x, result.solver.sigmas(2).float(), disable=True)

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from learned_solvers.distill import distill, refine_teacher, start_states
+from learned_solvers.distill import NoiseLevels, distill, refine_teacher, start_states
 from learned_solvers.distill.trajectory import StepCosts, cheapest_path
-from learned_solvers.learned_samplers import GaussianMixtureDenoiser
+from learned_solvers.learned_samplers import GaussianMixtureDenoiser, StepCorrections
 
 SHAPE = (2, 8, 8)
 SIGMA_MIN, SIGMA_MAX = 0.0291675, 14.6146412
@@ -32,8 +32,8 @@ def test_the_costs_are_one_ddim_step_between_teacher_states_of_training_samples_
     start = start_states(SHAPE, 12, SIGMA_MAX, "ve", seed=0)
     rows = torch.arange(12) < 8
     costs = StepCosts(rows)
-    teacher = refine_teacher(MODEL, start, 8, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, batch_size=5, trace=costs,
-                             tolerance=0.5)
+    teacher = refine_teacher(MODEL, start, 8, levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX),
+                             batch_size=5, trace=costs, tolerance=0.5)
     assert teacher.report()["refined"] == 0 and int(teacher.sample_steps[0]) == 8  # its result is the traced level's
     matrix = costs.costs()
     points = len(costs.sigmas)
@@ -48,7 +48,8 @@ def test_the_costs_are_one_ddim_step_between_teacher_states_of_training_samples_
     other = start.clone()
     other[8:] = start_states(SHAPE, 4, SIGMA_MAX, "ve", seed=5)
     again = StepCosts(rows)
-    refine_teacher(MODEL, other, 8, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, batch_size=5, trace=again, tolerance=0.5)
+    refine_teacher(MODEL, other, 8, levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX), batch_size=5,
+                   trace=again, tolerance=0.5)
     assert torch.allclose(again.costs(), matrix, equal_nan=True)
     grid = costs.grid(4)
     assert len(grid) == 5 and grid[0] == SIGMA_MAX and grid[-1] == 0 and bool((grid[1:] < grid[:-1]).all())
@@ -56,15 +57,17 @@ def test_the_costs_are_one_ddim_step_between_teacher_states_of_training_samples_
 
 
 def test_the_trajectory_grid_is_a_start_and_never_the_floor():
-    solver = distill(MODEL, SHAPE, nfe=[3, 5], sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=32, validation=32,
-                     iterations=20, batch_size=8, micro_batch=8, convention="ve")
+    solver = distill(MODEL, SHAPE, nfe=[3, 5],
+                     levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX, convention="ve"), samples=32,
+                     validation=32, iterations=20, batch_size=8, micro_batch=8)
     for fit in solver.fits.values():
         assert fit.floor["schedule"] != "trajectory"
         assert fit.start["schedule"] in {fit.floor["schedule"], "trajectory"}
         assert fit.held_out["mean"] <= fit.floor["mean"] + 1e-12
     # with a given initial grid nothing else is tried
-    fixed = distill(MODEL, SHAPE, nfe=[3], sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=32, validation=32,
-                    iterations=4, batch_size=8, micro_batch=8, convention="ve", init_sigmas="karras")
+    fixed = distill(MODEL, SHAPE, nfe=[3],
+                    levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX, convention="ve"), samples=32,
+                    validation=32, iterations=4, batch_size=8, micro_batch=8, init_sigmas="karras")
     assert fixed.fits[3].start["schedule"] == "karras"
 
 
@@ -72,8 +75,8 @@ def test_kept_trajectories_give_the_teachers_states_at_any_sigma():
     start = start_states(SHAPE, 10, SIGMA_MAX, "ve", seed=1)
     rows = torch.arange(10) < 6
     kept = StepCosts(rows, keep=4)
-    teacher = refine_teacher(MODEL, start, 32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, batch_size=3, trace=kept,
-                             tolerance=0.5)
+    teacher = refine_teacher(MODEL, start, 32, levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX),
+                             batch_size=3, trace=kept, tolerance=0.5)
     assert kept.kept_rows.tolist() == [0, 1, 2, 3]
     assert torch.equal(kept.states_at(SIGMA_MAX, [0, 2]), start[[0, 2]])  # exact at a point
     assert torch.allclose(kept.states_at(0.0, [1, 3]), teacher.final[[1, 3]])
@@ -100,7 +103,8 @@ def test_the_closed_form_corrections_bring_the_student_closer_to_the_teacher():
     start = start_states(SHAPE, 48, SIGMA_MAX, "ve", seed=2)
     rows = torch.arange(48) < 16
     kept = StepCosts(rows, keep=16)
-    teacher = refine_teacher(MODEL, start, 32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, trace=kept, tolerance=0.5)
+    teacher = refine_teacher(MODEL, start, 32, levels=NoiseLevels(SIGMA_MIN, SIGMA_MAX),
+                             trace=kept, tolerance=0.5)
     grid = karras(4, SIGMA_MIN, SIGMA_MAX, final_zero=True)
     train = list(range(16))
     targets = [kept.states_at(float(s), train) for s in grid[1:]]
@@ -114,7 +118,8 @@ def test_the_closed_form_corrections_bring_the_student_closer_to_the_teacher():
     assert sum(calls) == 16 * 4 and corrections.shape == (4, 3) and bool(corrections.abs().gt(0).any())
 
     def errors(options, which):
-        out = sample_learned(MODEL, start[which], grid.float(), base="euler", disable=True, **options)
+        out = sample_learned(MODEL, start[which], grid.float(), base="euler", disable=True,
+                             corrections=StepCorrections(**options))
         return (out.double() - teacher.final[which].double()).flatten(1).pow(2).mean(1).sqrt().mean()
 
     held = list(range(16, 48))

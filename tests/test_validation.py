@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from learned_solvers.learned_samplers import GaussianMixtureDenoiser, sample_learned
+from learned_solvers.learned_samplers import GaussianMixtureDenoiser, StepCorrections, sample_learned
 
 MODEL = GaussianMixtureDenoiser(torch.zeros(1, 4), torch.ones(1, 4))
 X = torch.randn(2, 4)
@@ -48,7 +48,7 @@ def test_bad_sigmas(sigmas, match):
 )
 def test_coefficients_that_do_not_match_the_grid(name, value, match):
     with pytest.raises(ValueError, match=match):
-        run(**{name: value})
+        run(corrections=StepCorrections(**{name: value}))
 
 
 def test_unknown_base_convention_and_order():

@@ -346,9 +346,9 @@ def test_a_distill_request_is_checked_before_any_work():
                                      "override_settings": {"CLIP_stop_at_last_layers": 2}})
     assert request["nfe"] == [4, 6] and request["cfg"] == 6.0 and request["name"] == "webui_nfe4_6"
     assert request["override_settings"] == {"CLIP_stop_at_last_layers": 2} and request["iterations"] == 10
-    assert request["memory"] == "auto" and request["more_prompts"] == []
-    assert fitting.parse_request({"prompt_list": "a dog\n\n  a fox \n"})["more_prompts"] == ["a dog", "a fox"]
-    assert fitting.parse_request({"prompt_list": ["a dog", " "]})["more_prompts"] == ["a dog"]
+    assert request["memory"] == "auto" and request["prompt"] == "a cat"
+    assert fitting.parse_request({"prompt_list": "a dog\n\n  a fox \n"})["prompt"] == ["", "a dog", "a fox"]
+    assert fitting.parse_request({"prompt": "a cat", "prompt_list": ["a dog", " "]})["prompt"] == ["a cat", "a dog"]
     for body, words in (({"prompt_list": [1]}, "prompt_list must be"), ({"prompt_list": "x\n" * 64}, "at most 63"),({"nfe": "0"}, "between 2"), ({"height": 4000}, "multiple of 8"), ({"steps": 3}, "unknown"),
                         ({"iterations": 0}, "at least 1"), ({"method": "magic"}, "unknown method"),
                         ({"cfg_scale": "x"}, "cfg_scale"), ({"override_settings": [1]}, "override_settings"),

@@ -32,7 +32,7 @@ from ...distill.memory import LARGE_MODEL_BYTES, MEMORY_MODES, checkpointed_bloc
 from ...distill.memory import memory_plan as plan_for
 from ...distill.pipeline import distill
 from ...distill.prompts import route_prompts
-from ...distill.settings import FitSettings
+from ...distill.settings import CompareSettings, FitSettings, NoiseLevels, RunHooks
 from ...distill.sfd import SfdSettings, distill_network
 from .schedulers import host_schedules, model_facts
 
@@ -101,9 +101,6 @@ def memory_plan(model, memory: str = "auto") -> dict:
     """How ``distill_model`` bounds memory for ``model`` (a ComfyUI MODEL): ``memory.memory_plan``
     for its size."""
     return plan_for(memory, model.model_size())
-
-
-_DEFAULTS = FitSettings()
 
 
 def run_guided(model, positive, negative, cfg: float, shape, seed: int, body, *, for_gradients: bool = False,
@@ -182,99 +179,92 @@ def latent_shape(model, latent) -> tuple:
 
 
 def host_facts(model) -> tuple:
-    """(model_facts, ComfyUI's own schedules for it, a discrete model's sigma table or None)."""
+    """(model_facts, the ``NoiseLevels`` a fit is told: the model's range and convention, a
+    discrete model's sigma table, ComfyUI's own schedules for it)."""
     facts = model_facts(model)
     sampling = model.get_model_object("model_sampling")
     table = sampling.sigmas.detach().to("cpu", torch.float64) if facts["discrete"] else None
-    return facts, host_schedules(sampling), table
+    levels = NoiseLevels(facts["sigma_min"], facts["sigma_max"], convention=facts["convention"], sigma_table=table,
+                         schedules=host_schedules(sampling))
+    return facts, levels
 
 
-def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), method=_DEFAULTS.method,
-                  base=_DEFAULTS.base, teacher_steps=_DEFAULTS.teacher_steps, samples=_DEFAULTS.samples,
-                  validation=_DEFAULTS.validation, iterations=_DEFAULTS.iterations, seed=_DEFAULTS.seed,
-                  init_sigmas=_DEFAULTS.init_sigmas, batch_size=_DEFAULTS.batch_size, memory="auto", dtype=None,
-                  progress=None, cancel=None, more_prompts=(), **options):
+def _model_provenance(model, facts: dict, cfg: float, shape) -> dict:
+    """What a result records of the ComfyUI model it was fitted on (never its weights)."""
+    return {"family": facts["family"], "prediction": facts["prediction"], "shift": facts.get("shift"),
+            "fingerprint": fingerprint(model), "cfg": float(cfg), "resolution": list(shape)}
+
+
+def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), memory="auto",
+                  hooks: RunHooks | None = None, more_prompts=(), **changes):
     """Distill a solver for a ComfyUI MODEL with its CFG guider; returns a ``LearnedSolver``.
 
-    latent: a LATENT dict; its first sample's shape [C, H, W] is the fitting shape. batch_size:
-    samples per gradient step (each is a CFG pair through the model unless cfg is 1). memory:
-    one of MEMORY_MODES (``memory_plan``; its plan also sets ``micro_batch`` unless given). Other
-    keyword options go to ``distill``. The defaults
-    are ``FitSettings``'s; ComfyUI's own schedulers for this model are scored with the built-ins.
-    progress / cancel as for ``distill``. more_prompts: further positive CONDITIONINGs (``encode_prompts``):
-    the fit then runs on the positive and these, holding every second one out of training to
-    report how the result does on prompts it never saw (``distill``'s ``prompts``).
+    latent: a LATENT dict; its first sample's shape [C, H, W] is the fitting shape. memory: one
+    of MEMORY_MODES (``memory_plan``; its plan also sets ``micro_batch`` and the inference
+    batches). changes: ``FitSettings`` fields (method, base, samples, iterations, seed, ...),
+    whose defaults are the rest; batch_size counts samples per gradient step, each a CFG pair
+    through the model unless cfg is 1. ComfyUI's own schedulers for this model are scored with
+    the built-ins. hooks as for ``distill``. more_prompts: further positive CONDITIONINGs
+    (``encode_prompts``): the fit then runs on the positive and these, holding every second one
+    out of training to report how the result does on prompts it never saw (``distill``'s
+    ``prompts``).
     """
-    facts, own_schedules, table = host_facts(model)
+    facts, levels = host_facts(model)
     plan = memory_plan(model, memory)
+    settings = FitSettings(use_checkpoint=True, micro_batch=plan["micro_batch"], dode_samples=plan["dode_samples"],
+                           inference_batch_size=plan["inference_batch_size"]).replace(**changes)
     more_prompts = list(more_prompts or ())
     shape = latent_shape(model, latent)
+    provenance = {"model": _model_provenance(model, facts, cfg, shape), "memory": plan["memory"],
+                  "batch_size": settings.batch_size}
 
     def fit(denoiser, device):
-        return distill(
-            denoiser, shape, sigma_min=facts["sigma_min"], sigma_max=facts["sigma_max"], nfe=nfe, method=method,
-            base=base, convention=facts["convention"], init_sigmas=init_sigmas, samples=samples,
-            validation=validation, seed=seed, teacher_steps=teacher_steps, iterations=iterations,
-            batch_size=batch_size, use_checkpoint=True, dtype=dtype, device=device,
-            inference_batch_size=plan["inference_batch_size"], dode_samples=plan["dode_samples"],
-            progress=progress, cancel=cancel, sigma_table=table, schedules=own_schedules,
-            prompts=1 + len(more_prompts) if more_prompts else None,
-            provenance={"model": {"family": facts["family"], "prediction": facts["prediction"],
-                                  "shift": facts.get("shift"), "fingerprint": fingerprint(model),
-                                  "cfg": float(cfg), "resolution": list(shape)},
-                        "memory": plan["memory"], "batch_size": batch_size},
-            **{"micro_batch": plan["micro_batch"], **options})
+        return distill(denoiser, shape, levels=levels, nfe=nfe, settings=settings, device=device, hooks=hooks,
+                       prompts=1 + len(more_prompts) if more_prompts else None, provenance=provenance)
 
-    solver = run_guided(model, positive, negative, cfg, shape, seed, fit, for_gradients=True, memory=plan["memory"],
-                        more_prompts=more_prompts)
+    solver = run_guided(model, positive, negative, cfg, shape, settings.seed, fit, for_gradients=True,
+                        memory=plan["memory"], more_prompts=more_prompts)
     if facts["discrete"]:
         for n, fitted in solver.fits.items():
-            solver.fits[n] = snap_to_discrete(fitted, table, solver.sigma_range, solver.convention)
+            solver.fits[n] = snap_to_discrete(fitted, levels.sigma_table, solver.sigma_range, solver.convention)
     solver.provenance["model"]["sigma_range"] = [facts["sigma_min"], facts["sigma_max"]]
     if any(not math.isfinite(f.held_out_rmse) for f in solver.fits.values()):
         raise FloatingPointError("the fit produced no finite held-out error; lower the CFG or the learning rate")
     return solver
 
 
-_SFD = SfdSettings()
-
-
-def distill_network_model(model, positive, negative, latent, cfg: float, *, nfe: int = 2, rank: int = _SFD.rank,
-                          iterations: int = _SFD.iterations, samples: int = _SFD.samples, seed: int = _SFD.seed,
-                          with_solver: bool = False, memory: str = "auto", progress=None, cancel=None, **options):
+def distill_network_model(model, positive, negative, latent, cfg: float, *, nfe: int = 2, memory: str = "auto",
+                          hooks: RunHooks | None = None, **changes):
     """``sfd.distill_network`` on a ComfyUI MODEL with its CFG guider: LoRA adapters on its
     diffusion model, trained for Euler at ``nfe`` steps; returns a ``sfd.DistilledNetwork``.
 
-    The adapters sit on the user's network only while the fit runs (forward hooks, removed
-    afterwards, also on an error or a cancel); its weights are never written. On a discrete
-    model the grid is moved onto its training sigmas first (and the learned solver's, when
-    ``with_solver``, afterwards). memory: one of MEMORY_MODES, as for ``distill_model``; its plan
-    also sets the samples per gradient pass (``micro_batch``, unless given in ``options``).
+    changes: ``SfdSettings`` fields (rank, iterations, samples, seed, with_solver, ...), whose
+    defaults are the rest. The adapters sit on the user's network only while the fit runs
+    (forward hooks, removed afterwards, also on an error or a cancel); its weights are never
+    written. On a discrete model the grid is moved onto its training sigmas first (and the
+    learned solver's, when ``with_solver``, afterwards). memory: one of MEMORY_MODES, as for
+    ``distill_model``; its plan also sets the samples per gradient pass (``micro_batch``,
+    unless given).
     """
-    facts, own_schedules, table = host_facts(model)
+    facts, levels = host_facts(model)
     plan = memory_plan(model, memory)
+    settings = SfdSettings(use_checkpoint=True, micro_batch=plan["micro_batch"],
+                           inference_batch_size=plan["inference_batch_size"]).replace(**changes)
     shape = latent_shape(model, latent)
     network = model.model.diffusion_model
+    provenance = {"model": {**_model_provenance(model, facts, cfg, shape),
+                            "sigma_range": [facts["sigma_min"], facts["sigma_max"]]}, "memory": plan["memory"]}
 
     def fit(denoiser, device):
-        return distill_network(
-            denoiser, network, shape, sigma_min=facts["sigma_min"], sigma_max=facts["sigma_max"], nfe=nfe,
-            convention=facts["convention"], rank=rank, iterations=iterations, samples=samples, seed=seed,
-            with_solver=with_solver, use_checkpoint=True, device=device,
-            inference_batch_size=plan["inference_batch_size"], sigma_table=table, schedules=own_schedules,
-            discrete=facts["discrete"], progress=progress, cancel=cancel,
-            **{"micro_batch": plan["micro_batch"], **options},
-            provenance={"model": {"family": facts["family"], "prediction": facts["prediction"],
-                                  "shift": facts.get("shift"), "fingerprint": fingerprint(model),
-                                  "cfg": float(cfg), "resolution": list(shape),
-                                  "sigma_range": [facts["sigma_min"], facts["sigma_max"]]},
-                        "memory": plan["memory"]})
+        return distill_network(denoiser, network, shape, levels=levels, nfe=nfe, settings=settings, device=device,
+                               hooks=hooks, discrete=facts["discrete"], provenance=provenance)
 
-    result = run_guided(model, positive, negative, cfg, shape, seed, fit, for_gradients=True, memory=plan["memory"])
+    result = run_guided(model, positive, negative, cfg, shape, settings.seed, fit, for_gradients=True,
+                        memory=plan["memory"])
     if result.with_solver is not None and facts["discrete"]:
         combined = result.with_solver
         for n, fitted in combined.fits.items():
-            combined.fits[n] = snap_to_discrete(fitted, table, combined.sigma_range, combined.convention)
+            combined.fits[n] = snap_to_discrete(fitted, levels.sigma_table, combined.sigma_range, combined.convention)
     return result
 
 
@@ -297,23 +287,21 @@ def lora_model(model, lora: dict, strength: float = 1.0):
     return patched
 
 
-def compare_model(model, positive, negative, latent, cfg: float, nfe: int, *, solver=None, samples: int = 8,
-                  show: int = 4, seed: int = 1, teacher_steps: int = _DEFAULTS.teacher_steps, progress=None,
-                  cancel=None):
+def compare_model(model, positive, negative, latent, cfg: float, nfe: int, *, solver=None,
+                  hooks: RunHooks | None = None, **changes):
     """``compare.compare_solvers`` on a ComfyUI MODEL with its CFG guider: the teacher, ``solver``
-    (optional) and every base solver x built-in schedule, ComfyUI's own for this model included."""
-    facts, own_schedules, table = host_facts(model)
+    (optional) and every base solver x built-in schedule, ComfyUI's own for this model included.
+    changes: ``CompareSettings`` fields (samples, default 8 here; show, seed, teacher_steps)."""
+    _, levels = host_facts(model)
     shape = latent_shape(model, latent)
     plan = memory_plan(model, "auto")
+    settings = CompareSettings(samples=8, batch_size=plan["inference_batch_size"]).replace(**changes)
 
     def run(denoiser, device):
-        return compare_solvers(denoiser, shape, sigma_min=facts["sigma_min"], sigma_max=facts["sigma_max"], nfe=nfe,
-                               convention=facts["convention"], solver=solver, samples=samples, show=show, seed=seed,
-                               teacher_steps=teacher_steps, schedules=own_schedules, sigma_table=table,
-                               device=device, batch_size=plan["inference_batch_size"], progress=progress,
-                               cancel=cancel)
+        return compare_solvers(denoiser, shape, levels=levels, nfe=nfe, solver=solver, settings=settings,
+                               device=device, hooks=hooks)
 
-    return run_guided(model, positive, negative, cfg, shape, seed, run)
+    return run_guided(model, positive, negative, cfg, shape, settings.seed, run)
 
 
 def _constant(weight):

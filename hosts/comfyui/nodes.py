@@ -22,7 +22,7 @@ try:
 except ImportError as err:  # not running inside ComfyUI
     raise ImportError("the learned-solvers nodes need ComfyUI (comfy_api) to be importable") from err
 
-from ...distill import METHODS, FitSettings
+from ...distill import METHODS, FitSettings, RunHooks
 from ...distill.cost import progress_text
 from ...distill.sfd import SfdSettings
 from ...learned_samplers import BASE_SOLVERS, CONVENTIONS, sample_learned
@@ -195,10 +195,10 @@ class DistillSampler(io.ComfyNode):
         nfes = library.parse_nfes(nfe)
         more_prompts = encode_prompts(clip, prompt_list)
         try:
-            solver = distill_model(model, positive, negative, latent_image, cfg, nfe=nfes, method=method,
-                                   base=base, teacher_steps=teacher_steps, samples=samples,
-                                   iterations=iterations, seed=seed, memory=memory,
-                                   progress=_fit_progress("Distill Sampler"), cancel=_interrupted,
+            solver = distill_model(model, positive, negative, latent_image, cfg, nfe=nfes, method=method, base=base,
+                                   teacher_steps=teacher_steps, samples=samples, iterations=iterations, seed=seed,
+                                   memory=memory,
+                                   hooks=RunHooks(_fit_progress("Distill Sampler"), _interrupted),
                                    validation=validation, more_prompts=more_prompts)
         except torch.OutOfMemoryError as err:  # re-raised as one, so ComfyUI still unloads its models
             comfy.model_management.soft_empty_cache(True)
@@ -314,9 +314,9 @@ class DistillModelSFD(io.ComfyNode):
         try:
             result = distill_network_model(model, positive, negative, latent_image, cfg, nfe=nfe, rank=rank,
                                            iterations=iterations, samples=samples, seed=seed,
-                                           teacher_steps=teacher_steps, with_solver=learned_solver,
-                                           memory=memory, validation=validation,
-                                           progress=_fit_progress("Distill Model (SFD)"), cancel=_interrupted)
+                                           teacher_steps=teacher_steps, with_solver=learned_solver, memory=memory,
+                                           validation=validation,
+                                           hooks=RunHooks(_fit_progress("Distill Model (SFD)"), _interrupted))
         except torch.OutOfMemoryError as err:
             comfy.model_management.soft_empty_cache(True)
             raise torch.OutOfMemoryError(
@@ -532,8 +532,8 @@ class CompareSamplers(io.ComfyNode):
             bar.setdefault("bar", comfy.utils.ProgressBar(total)).update_absolute(done, total)
 
         result = compare_model(model, positive, negative, latent_image, cfg, nfe, solver=learned_solver,
-                               samples=seeds, show=min(shown, seeds), seed=seed, progress=progress,
-                               cancel=_interrupted)
+                               samples=seeds, show=min(shown, seeds), seed=seed,
+                               hooks=RunHooks(progress=progress, cancel=_interrupted))
         pictures = [(label, _pictures(latents, vae)) for label, latents in result.rows(built_ins_shown)]
         sheet = labelled_rows(pictures)
         table = result.table()

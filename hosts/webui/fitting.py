@@ -26,7 +26,7 @@ from ...distill.discrete import fractional_timestep, is_discrete, snap_to_discre
 from ...distill.fit import FitCancelled
 from ...distill.memory import MEMORY_MODES, checkpointed_blocks, frozen_weights, memory_plan
 from ...distill.pipeline import distill
-from ...distill.settings import METHODS, FitSettings
+from ...distill.settings import METHODS, FitSettings, NoiseLevels, RunHooks
 from ...learned_samplers import BASE_SOLVERS
 from ...schedules.solver import parse_nfes
 from .samplers import host_schedules, model_convention
@@ -178,7 +178,8 @@ MAX_PROMPTS = 64
 def parse_request(body: dict) -> dict:
     """The keyword arguments of ``distill_webui_model`` (and "name", the file name) from a
     distill request's JSON fields: prompt, prompt_list (more prompts: text with one per line, or
-    a list), negative_prompt, cfg_scale, width, height, nfe ("4", "4, 6" or [4, 6]), name, override_settings (WebUI settings for the run, as txt2img takes
+    a list; with any, "prompt" is the list of the prompt and these), negative_prompt, cfg_scale,
+    width, height, nfe ("4", "4, 6" or [4, 6]), name, override_settings (WebUI settings for the run, as txt2img takes
     them: clip skip, emphasis, ...), memory (``memory.MEMORY_MODES``) and ``REQUEST_SETTINGS``. Raises ValueError naming the field and
     what it must be."""
     if not isinstance(body, dict):
@@ -194,10 +195,12 @@ def parse_request(body: dict) -> dict:
         listed = listed.splitlines()
     if not isinstance(listed, list) or not all(isinstance(line, str) for line in listed):
         raise ValueError("prompt_list must be text (one prompt per line) or a list of prompts")
-    request["more_prompts"] = [line.strip() for line in listed if line.strip()]
-    if len(request["more_prompts"]) >= MAX_PROMPTS:
+    more_prompts = [line.strip() for line in listed if line.strip()]
+    if len(more_prompts) >= MAX_PROMPTS:
         raise ValueError(f"prompt_list may hold at most {MAX_PROMPTS - 1} prompts (the prompt is one more); "
-                         f"got {len(request['more_prompts'])}")
+                         f"got {len(more_prompts)}")
+    if more_prompts:  # the fit runs on them all (``distill_webui_model``)
+        request["prompt"] = [request["prompt"], *more_prompts]
     overrides = body.get("override_settings") or {}
     if not isinstance(overrides, dict):
         raise ValueError("override_settings must be an object of WebUI settings, as in txt2img")
@@ -234,52 +237,49 @@ def error_advice(err: BaseException) -> str:
     return str(err)
 
 
-def distill_webui_model(webui, *, prompt: str, negative_prompt: str = "", cfg: float = 7.0, width: int = 512,
-                        height: int = 512, nfe=(4,), network=None, progress=None, cancel=None,
-                        provenance=None, override_settings: dict | None = None, memory: str = "auto",
-                        more_prompts=(), **settings):
+def distill_webui_model(webui, *, prompt, negative_prompt: str = "", cfg: float = 7.0, width: int = 512,
+                        height: int = 512, nfe=(4,), network=None, hooks: RunHooks | None = None, provenance=None,
+                        override_settings: dict | None = None, memory: str = "auto", **settings):
     """Distill a solver for the model WebUI has loaded, on its CFG denoiser with ``prompt``;
-    returns a ``LearnedSolver``. more_prompts: further prompts; the fit then runs on ``prompt``
-    and these, holding every second one out of training (``distill``'s ``prompts``). width, height: pixels (the latent is 4 x 1/8 of each).
-    network(): the model's network, whose weights stay out of autograd; provenance(): what the
-    file records of the model (both functions, asked once the checkpoint is loaded). WebUI's
-    own schedules for this model (``samplers.host_schedules``) are scored with the
-    built-ins.
+    returns a ``LearnedSolver``. prompt: one prompt, or a list of them: the fit then runs on
+    them all, holding every second one out of training (``distill``'s ``prompts``). width,
+    height: pixels (the latent is 4 x 1/8 of each). network(): the model's network, whose
+    weights stay out of autograd; provenance(): what the file records of the model (both
+    functions, asked once the checkpoint is loaded). WebUI's own schedules for this model
+    (``samplers.host_schedules``) are scored with the built-ins.
     ``settings`` are ``FitSettings`` fields (method, samples, iterations, ...); each model call
     is recomputed in backward (the memory of one call per gradient step), and with memory
     "blocks" (or "auto" on a network of ``memory.LARGE_MODEL_BYTES`` or more) each block of the
-    network too (``memory.memory_plan``). progress / cancel as for ``distill``; WebUI's
-    Interrupt also stops it (``FitCancelled``)."""
+    network too (``memory.memory_plan``). hooks as for ``distill``; WebUI's Interrupt also
+    stops it (``FitCancelled``)."""
     s = FitSettings().replace(**settings).check().replace(use_checkpoint=True)
     shape = (4, int(height) // 8, int(width) // 8)
     tables = {}
-    prompts = [prompt, *more_prompts]
-
+    prompts = prompt if isinstance(prompt, list) and len(prompt) > 1 else None
     memory_plan(memory, 0)  # an unknown mode is refused before any work
 
     def fit(denoiser, device, facts):
         tables["table"] = facts["table"]
         low, high = facts["sigma_min"], facts["sigma_max"]
-        own = host_schedules(webui.sd_schedulers, facts["wrapper"], low, high)
+        levels = NoiseLevels(low, high, convention=facts["convention"], sigma_table=facts["table"],
+                             schedules=host_schedules(webui.sd_schedulers, facts["wrapper"], low, high))
         net = facts["network"]
         size = sum(p.numel() * p.element_size() for p in net.parameters()) if net is not None else 0
         plan = memory_plan(memory, size)
         blocks = (checkpointed_blocks(getattr(net, "diffusion_model", net))
                   if plan["memory"] == "blocks" and net is not None else contextlib.nullcontext())
+        planned = s.replace(inference_batch_size=plan["inference_batch_size"], dode_samples=plan["dode_samples"],
+                            micro_batch=settings.get("micro_batch", plan["micro_batch"]))
+        model = {"cfg": float(cfg), "resolution": list(shape), "sigma_range": [low, high],
+                 **(provenance() if provenance else {})}
         with blocks:
-            return distill(denoiser, shape, sigma_min=low, sigma_max=high, nfe=nfe,
-                           settings=s.replace(inference_batch_size=plan["inference_batch_size"],
-                                              dode_samples=plan["dode_samples"],
-                                              micro_batch=settings.get("micro_batch", plan["micro_batch"])),
-                           convention=facts["convention"], device=device, sigma_table=facts["table"], schedules=own,
-                           progress=progress, cancel=cancel, prompts=len(prompts) if len(prompts) > 1 else None,
-                           provenance={"model": {"cfg": float(cfg), "resolution": list(shape),
-                                                 "sigma_range": [low, high], **(provenance() if provenance else {})},
-                                       "memory": plan["memory"]})
+            return distill(denoiser, shape, levels=levels, nfe=nfe, settings=planned, device=device, hooks=hooks,
+                           prompts=len(prompts) if prompts else None,
+                           provenance={"model": model, "memory": plan["memory"]})
 
-    solver = run_in_webui(webui, fit, prompt=prompts if len(prompts) > 1 else prompt, negative_prompt=negative_prompt, cfg=cfg, width=width,
-                          height=height, seed=s.seed, network=network, for_gradients=True,
-                          override_settings=override_settings)
+    solver = run_in_webui(webui, fit, prompt=prompts or (prompt[0] if isinstance(prompt, list) else prompt),
+                          negative_prompt=negative_prompt, cfg=cfg, width=width, height=height, seed=s.seed,
+                          network=network, for_gradients=True, override_settings=override_settings)
     if tables.get("table") is not None:
         for n, fitted in solver.fits.items():
             solver.fits[n] = snap_to_discrete(fitted, tables["table"], solver.sigma_range, solver.convention)
