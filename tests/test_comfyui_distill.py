@@ -237,7 +237,7 @@ def test_cancel_mid_distill_leaves_no_file(pack, models_dir, monkeypatch):
 
 def test_pull_node_takes_a_file_from_the_hub_cache_and_refuses_a_hostile_one(pack, models_dir, tmp_path,
                                                                           monkeypatch):
-    from learned_solvers.distill import distill
+    from learned_solvers.distill import NoiseLevels, distill
     from learned_solvers.learned_samplers import GaussianMixtureDenoiser
     from learned_solvers.schedules import save_learned_solver
 

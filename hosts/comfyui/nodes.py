@@ -198,7 +198,7 @@ class DistillSampler(io.ComfyNode):
             solver = distill_model(model, positive, negative, latent_image, cfg, nfe=nfes, method=method, base=base,
                                    teacher_steps=teacher_steps, samples=samples, iterations=iterations, seed=seed,
                                    memory=memory,
-                                   hooks=RunHooks(_fit_progress("Distill Sampler"), _interrupted),
+                                   hooks=RunHooks(progress=_fit_progress("Distill Sampler"), cancel=_interrupted),
                                    validation=validation, more_prompts=more_prompts)
         except torch.OutOfMemoryError as err:  # re-raised as one, so ComfyUI still unloads its models
             comfy.model_management.soft_empty_cache(True)
@@ -316,7 +316,8 @@ class DistillModelSFD(io.ComfyNode):
                                            iterations=iterations, samples=samples, seed=seed,
                                            teacher_steps=teacher_steps, with_solver=learned_solver, memory=memory,
                                            validation=validation,
-                                           hooks=RunHooks(_fit_progress("Distill Model (SFD)"), _interrupted))
+                                           hooks=RunHooks(progress=_fit_progress("Distill Model (SFD)"),
+                                                          cancel=_interrupted))
         except torch.OutOfMemoryError as err:
             comfy.model_management.soft_empty_cache(True)
             raise torch.OutOfMemoryError(
