@@ -21,8 +21,8 @@ import time
 import torch
 
 from .distill.settings import METHODS, FitSettings, NoiseLevels, RunHooks
-from .learned_samplers import BASE_SOLVERS, GaussianMixtureDenoiser, sample_learned
-from .schedules import SD15_SIGMA_MAX, SD15_SIGMA_MIN, exponential, karras, sd15_schedules
+from .learned_samplers import GaussianMixtureDenoiser
+from .schedules import SD15_SIGMA_MAX, SD15_SIGMA_MIN
 
 DEMO_NFES = range(2, 21)  # each step adds fit time; past 20 steps built-in solvers are already close
 

@@ -1,7 +1,6 @@
 """Base solvers converge at their orders on the exact single-Gaussian ODE (float64)."""
 
 import pytest
-import torch
 
 from helpers import fitted_slope
 from learned_solvers.learned_samplers import sample_learned, single_gaussian_ode_solution
