@@ -136,20 +136,26 @@ def shipped_model(name: str):
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(SHIPPED_MODELS)}")
 
 
+def shipped_levels() -> NoiseLevels:
+    """The noise levels every shipped denoiser runs on: SD1.5's discrete sigmas (eps, "ve")."""
+    from .schedules import discrete_vp_sigmas
+
+    return NoiseLevels(SD15_SIGMA_MIN, SD15_SIGMA_MAX, convention="ve", sigma_table=discrete_vp_sigmas())
+
+
 def compare(model_name: str, nfe: int, seeds: int, seed: int, solver=None, png: str | None = None, shown: int = 4,
             out=None, limit: int | None = None):
     """The teacher, a learned solver (optional: a ``LearnedSolver`` or a file's path) and every base
     solver x built-in schedule on one shipped denoiser, by per-sample error to the teacher;
     returns the ``Comparison``."""
     from .distill.compare import compare_solvers
-    from .schedules import discrete_vp_sigmas, load_learned_solver
+    from .schedules import load_learned_solver
 
     out = out or sys.stdout
     model, shape, name = shipped_model(model_name)
     solver = load_learned_solver(solver) if isinstance(solver, str) else solver
     began = time.perf_counter()
-    levels = NoiseLevels(SD15_SIGMA_MIN, SD15_SIGMA_MAX, convention="ve", sigma_table=discrete_vp_sigmas())
-    result = compare_solvers(model, shape, levels=levels, nfe=nfe, solver=solver, samples=seeds,
+    result = compare_solvers(model, shape, levels=shipped_levels(), nfe=nfe, solver=solver, samples=seeds,
                              show=min(shown, seeds), seed=seed)
     print(f"{name}:", file=out)
     print(result.table(limit), file=out)
@@ -174,14 +180,13 @@ def demo(nfe: int, method: str, iterations: int, seed: int, out_path: str, use_m
     seeds, write the PNG (and, with ``save``, the learned-solver file); returns (learned mean
     per-sample error, best built-in pair's)."""
     from .distill import distill
-    from .schedules import discrete_vp_sigmas, reference_schedules
+    from .schedules import reference_schedules
     from .schedules.plot import plot_grids, stack_vertically
 
     began = time.perf_counter()
     model, shape, name = shipped_model("mixture" if use_mixture else "unet")
     print(f"{name}: NFE {nfe}, method {method}", file=out)
-    levels = NoiseLevels(SD15_SIGMA_MIN, SD15_SIGMA_MAX, convention="ve", sigma_table=discrete_vp_sigmas())
-    solver = distill(model, shape, levels=levels, nfe=[nfe], method=method, iterations=iterations, seed=seed,
+    solver = distill(model, shape, levels=shipped_levels(), nfe=[nfe], method=method, iterations=iterations, seed=seed,
                      hooks=RunHooks(progress=Progress(out)))
     print(solver.summary(), file=out)
     result = compare(model_name="mixture" if use_mixture else "unet", nfe=nfe, seeds=32, seed=seed + 10_000,

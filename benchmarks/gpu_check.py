@@ -41,8 +41,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024, "tiny": 64}
 # the short fit: the node's defaults with fewer seeds, steps and base solvers, and a smaller
-# divergence screen (SHORT_SCREEN). Its runs without gradients batch 8 seeds at most where the
-# node batches up to 16, so its seconds per call, and the projection, are upper bounds on a GPU
+# divergence screen (SHORT_SCREEN). Its runs without gradients batch the 8 seeds at once, as the
+# node's memory plan does ("model calls"; 2 with "blocks")
 SHORT = dict(samples=4, validation=4, iterations=4, teacher_steps=16, base="dpmpp_2m")
 SHORT_SCREEN = 8
 # seconds per sample-call (a CFG pair, one sample) measured on an H200 with the first version:
@@ -126,8 +126,7 @@ def full_calls(patcher, refined_share: float, steps: int = 4) -> dict:
     from learned_solvers.learned_samplers import BASE_SOLVERS
 
     _, levels = host_facts(patcher)
-    pairs = builtin_pairs(candidate_schedules("auto", levels), steps, BASE_SOLVERS, *levels.sigma_range,
-                          levels.convention)
+    pairs = builtin_pairs(candidate_schedules("auto", levels), steps, BASE_SOLVERS, levels)
     s = FitSettings(use_checkpoint=True)
     seeds = s.samples + s.validation
     teacher = seeds * (s.teacher_steps // 2 + s.teacher_steps) + round(refined_share * seeds) * 2 * s.teacher_steps
@@ -209,8 +208,11 @@ def check_sfd(name: str, built: tuple, device, iterations: int, say, deadline: f
 
 def estimated(name: str) -> dict:
     """--device meta: the full-default calls of the network built on the meta device, at the
-    first version's H200 seconds per call (gradient calls at 3 of them, as ``cost`` assumes)."""
+    first version's H200 seconds per call (a counted gradient call, checkpointed as the node
+    runs it, at ``cost.GRADIENT_CALL_COST[True]`` of them)."""
     import comfy.model_patcher
+
+    from learned_solvers.distill.cost import GRADIENT_CALL_COST
 
     from comfyui_memory import model_config
 
@@ -223,9 +225,9 @@ def estimated(name: str) -> dict:
     else:
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=meta, offload_device=meta)
     full = full_calls(patcher, 0.1)
-    per = H200_CALL_SECONDS[name]
-    return {"estimated": True, "full_calls": full, "per_call_ms": {"inference": 1000 * per, "gradient": 3000 * per},
-            "projected_full_s": round(full["inference"] * per + full["gradient"] * 3 * per, 0)}
+    per, gradient = H200_CALL_SECONDS[name], GRADIENT_CALL_COST[True] * H200_CALL_SECONDS[name]
+    return {"estimated": True, "full_calls": full, "per_call_ms": {"inference": 1000 * per, "gradient": 1000 * gradient},
+            "projected_full_s": round(full["inference"] * per + full["gradient"] * gradient, 0)}
 
 
 def table(results: dict, device_name: str) -> str:

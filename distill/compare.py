@@ -109,8 +109,7 @@ def compare_solvers(model, shape, *, levels: NoiseLevels, nfe: int, solver=None,
     setup = SolverSetup(base=BASE_SOLVERS[0], convention=convention, corrector=False, sigma_range=sigma_range,
                         extra_args=extra_args, device=device)
     runs = []
-    for base, name, fit in builtin_pairs(candidate_schedules("auto", levels), nfe, BASE_SOLVERS, *sigma_range,
-                                         convention):
+    for base, name, fit in builtin_pairs(candidate_schedules("auto", levels), nfe, BASE_SOLVERS, levels):
         runs.append((f"{base} + {name}", fit.sigmas, {**setup.solver_options(), **fit.solver_options()}, False, []))
     if solver is not None:
         sigmas, notes = solver.schedule(nfe, sigma_range=sigma_range, convention=convention)

@@ -82,5 +82,13 @@ def snap_to_discrete(fit: FittedSteps, table, sigma_range, convention: str) -> F
     return result
 
 
+def snap_solver(solver, table):
+    """Every fit of ``solver`` (a ``LearnedSolver``, changed in place and returned) snapped onto
+    the discrete ``table`` (``snap_to_discrete``); None: a continuous model, left alone."""
+    if solver is not None and table is not None:
+        for n, fit in solver.fits.items():
+            solver.fits[n] = snap_to_discrete(fit, table, solver.sigma_range, solver.convention)
+    return solver
 
-__all__ = ["fractional_timestep", "is_discrete", "snap_to_discrete"]
+
+__all__ = ["fractional_timestep", "is_discrete", "snap_solver", "snap_to_discrete"]

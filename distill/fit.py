@@ -21,8 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,7 +33,7 @@ from .grid import MonotoneGrid
 from .memory import checkpointed_model
 from .prompts import rows_of
 from .scoring import capped, no_worse_tail, overall_rmse, per_sample_errors, mean_error
-from .settings import FitSettings, SolverSetup
+from .settings import FitSettings, RunHooks, SolverSetup
 
 # peak rates for 4 steps at the Distill node's 3-sample batches: larger rates let such small,
 # noisy batches walk the grid away from its start before the cosine decay settles it
@@ -253,8 +252,8 @@ def rmse(model, teacher, indices, fit: FittedSteps, setup: SolverSetup, batch_si
 @dataclass
 class FitLoop:
     """How one gradient fit runs, besides its settings: ``iterations`` steps, drawing its batches
-    from ``seed``; progress(step, total, loss, held_out) after each step, counted from
-    ``step_offset`` of ``total_steps`` (default ``iterations``); cancel() before each step;
+    from ``seed``; hooks: progress(step, total, loss, held_out) after each step, counted from
+    ``step_offset`` of ``total_steps`` (default ``iterations``), cancel() before each step;
     ``floor_errors``: the best built-in pair's validation errors, whose tail a snapshot may not
     add flips to; ``loss_cap``: the "capped" loss's distance cap; ``max_rejections`` non-finite
     steps in a row end the fit; the rates fall by a cosine to ``decay_to`` x their peak."""
@@ -263,8 +262,7 @@ class FitLoop:
     seed: int = 0
     step_offset: int = 0
     total_steps: int | None = None
-    progress: Any = None
-    cancel: Any = None
+    hooks: RunHooks = field(default_factory=RunHooks)
     floor_errors: torch.Tensor | None = None
     loss_cap: float | None = None
     max_rejections: int = 10
@@ -347,9 +345,9 @@ def _batch_gradient(call, teacher, train, pick, params: StudentParameters, learn
 def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validation, setup: SolverSetup,
                  settings: FitSettings, loop: FitLoop, *, method: str, params: StudentParameters | None = None,
                  keep: set | None = None):
-    """Backpropagate through the unrolled student; returns (best FittedSteps, its validation
-    score (``scoring.mean_error``), params, log); log["best_errors"] holds the best snapshot's
-    per-sample validation errors, so the caller need not run it again.
+    """Backpropagate through the unrolled student; returns (best FittedSteps, params, log);
+    log["best_errors"] holds the best snapshot's per-sample validation errors, so the caller
+    need not run it again.
 
     From ``settings``: batch_size (micro_batch at a time), validate_every, lr, loss, slack
     (``StartSlack``), history, use_checkpoint (a bool here) and inference_batch_size; ``loop``:
@@ -383,7 +381,7 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
     log = {"losses": [], "validation": [(loop.step_offset, first_rmse)], "rejected": 0, "best_errors": best_errors}
     rejected_in_a_row = 0  # non-finite steps since the last good one
     for iteration in range(loop.iterations):
-        if loop.cancel is not None and loop.cancel():
+        if loop.hooks.cancelled():
             raise FitCancelled("the fit was cancelled")
         # cosine decay to decay_to x the peak: large early moves, then settle into the minimum
         fraction = loop.decay_to + (1 - loop.decay_to) * 0.5 * (1 + math.cos(math.pi * iteration / loop.iterations))
@@ -419,11 +417,11 @@ def fit_gradient(model, teacher, init: FittedSteps, learn: set, train, validatio
             if score < best_score:
                 best, best_score, best_state = snap, score, copy.deepcopy(params.state_dict())
                 log["best_errors"] = errors
-        if loop.progress is not None:
-            loop.progress(loop.step_offset + iteration + 1, loop.total_steps or loop.iterations,
-                          float(value.detach()), log["validation"][-1][1])
+        if loop.hooks.progress is not None:  # the loss's value is read only for a listener
+            loop.hooks.report(loop.step_offset + iteration + 1, loop.total_steps or loop.iterations,
+                              float(value.detach()), log["validation"][-1][1])
     params.load_state_dict(best_state)
-    return best, best_score, params, log
+    return best, params, log
 
 
 def fit_alternating(model, teacher, init: FittedSteps, train, validation, setup: SolverSetup, settings: FitSettings,
@@ -443,8 +441,8 @@ def fit_alternating(model, teacher, init: FittedSteps, train, validation, setup:
         learned |= block
         length = chunk if round_index < 2 * settings.rounds - 1 else loop.iterations - done
         part_loop = dataclasses.replace(loop, iterations=length, step_offset=loop.step_offset + done)
-        best, _, params, part = fit_gradient(model, teacher, init, block, train, validation, setup, settings,
-                                             part_loop, method="s4s_alt", params=params, keep=set(learned))
+        best, params, part = fit_gradient(model, teacher, init, block, train, validation, setup, settings,
+                                          part_loop, method="s4s_alt", params=params, keep=set(learned))
         done += length
         log["losses"] += part["losses"]
         log["validation"] += part["validation"]

@@ -155,7 +155,9 @@ def distill(model, shape, *, levels: NoiseLevels, nfe=(4,), settings: FitSetting
     if s.use_checkpoint == "auto":
         has_weights = isinstance(model, torch.nn.Module) and any(True for _ in model.parameters())
         s = s.replace(use_checkpoint=has_weights or torch.device(device).type != "cpu")
-    model, split = _with_prompts(model, prompts, levels.convention)
+    model, split = _with_prompts(model, prompts)
+    if teacher_model is not None:  # the teacher runs each seed with its prompt too
+        teacher_model, _ = _with_prompts(teacher_model, prompts)
     began = time.perf_counter()
     count = s.samples + s.validation
     if start is None:
@@ -164,7 +166,7 @@ def distill(model, shape, *, levels: NoiseLevels, nfe=(4,), settings: FitSetting
         raise ValueError(f"start has {start.shape[0]} samples; it must hold samples + validation = {count}")
     run = _new_run(model, s, levels, split, extra_args, device, hooks or RunHooks())
     candidates_by_name = candidate_schedules(s.init_sigmas, levels)
-    pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, run.bases, *run.sigma_range, run.convention) for n in nfes}
+    pairs_by_nfe = {n: builtin_pairs(candidates_by_name, n, run.bases, levels) for n in nfes}
     _plan(run, pairs_by_nfe)
     first_round, early_calls = _teach(run, start, pairs_by_nfe[nfes[-1]], teacher_model)
     _prepare_fits(run, shape, start)
@@ -230,7 +232,7 @@ class FitRun:
     @property
     def own_grids(self) -> bool:
         """Whether the grid read off the teacher's trajectories is scored as a start."""
-        return self.step_costs is not None and self.settings.init_sigmas == "auto"
+        return self.settings.init_sigmas == "auto"  # its trajectories are then always recorded
 
     def report(self, step, total, loss, held_out):
         if self.hooks.progress is not None:
@@ -282,9 +284,9 @@ def _new_run(model, s: FitSettings, levels: NoiseLevels, split, extra_args, devi
 
 
 def _plan(run: FitRun, pairs_by_nfe: dict):
-    """Every NFE's planned calls after the teacher into the time-left estimate, and the
-    progress count's parts: every fit's iterations and a first guess of the teacher's batches
-    (the teacher's progress corrects it; ``_prepare_fits`` adds them up)."""
+    """Every NFE's planned calls after the teacher into the time-left estimate, and every fit's
+    iterations, the progress count's second part (the teacher's progress tells the first;
+    ``_prepare_fits`` adds them up)."""
     s = run.settings
     for n, pairs in pairs_by_nfe.items():
         if not pairs:
@@ -295,7 +297,6 @@ def _plan(run: FitRun, pairs_by_nfe: dict):
         for kind, calls in plan.items():
             run.time_left.plan(kind, calls)
     run.iterations = len(pairs_by_nfe) * (1 if s.method == "dode" else s.iterations)
-    run.teacher_batches = 3 * -(-(s.samples + s.validation) // s.inference_batch_size)
 
 
 def _teach(run: FitRun, start: torch.Tensor, largest_pairs: list, teacher_model) -> tuple:
@@ -367,7 +368,7 @@ def _fit_nfe(run: FitRun, n: int, pairs: list, first_round, index: int) -> Fitte
     s, counter = run.settings, run.counter
     fit_began = time.perf_counter()
     calls_before = counter.report()["calls"]
-    own = (builtin_pairs({TRAJECTORY: run.step_costs.grid}, n, run.bases, *run.sigma_range, run.convention)
+    own = (builtin_pairs({TRAJECTORY: run.step_costs.grid}, n, run.bases, run.levels)
            if run.own_grids else [])
     with counter.phase("floor"):
         floor, starts = _floor(counter, run.teacher, run.train, run.held, pairs, own, run.shared,
@@ -402,12 +403,12 @@ def _fit_nfe(run: FitRun, n: int, pairs: list, first_round, index: int) -> Fitte
 def _fit_from(run: FitRun, n: int, start: ScoredPair, floor_errors: torch.Tensor) -> tuple:
     """The method's fit from one start: (its best FittedSteps, its log)."""
     s = run.settings
-    plain = FittedSteps(sigmas=start.fit.sigmas, coordinate=start.fit.coordinate)
     if s.method == "dode":
         return _fit_dode(run, start), {"losses": [], "validation": [], "rejected": 0}
+    plain = FittedSteps(sigmas=start.fit.sigmas, coordinate=start.fit.coordinate)
     cap = CAP_FACTOR * float(start.train_errors.median()) if len(start.train_errors) else None
     loop = FitLoop(iterations=s.iterations, seed=s.seed + n, step_offset=run.steps_done, total_steps=run.total,
-                   progress=run.report, cancel=run.hooks.cancel, floor_errors=floor_errors, loss_cap=cap)
+                   hooks=run.hooks.with_progress(run.report), floor_errors=floor_errors, loss_cap=cap)
     if s.method == "s4s_alt":  # each block starts from the previous block's best
         return fit_alternating(run.counter, run.teacher, plain, run.train, run.held, start.setup, s, loop)
     offsets = {"offsets"} if s.decoupled else set()
@@ -415,8 +416,8 @@ def _fit_from(run: FitRun, n: int, start: ScoredPair, floor_errors: torch.Tensor
              "s4s": {"coefficients"}}[s.method]
     if s.method in ("auto", "s4s"):  # the gradient steps start from the closed-form corrections
         plain = _first_corrections(run.counter, run.teacher, run.step_costs, plain, start.setup, s, cap)
-    best, _, _, log = fit_gradient(run.counter, run.teacher, plain, learn, run.train, run.held, start.setup, s, loop,
-                                   method=s.method)
+    best, _, log = fit_gradient(run.counter, run.teacher, plain, learn, run.train, run.held, start.setup, s, loop,
+                                method=s.method)
     return best, log
 
 
@@ -494,17 +495,17 @@ def _describe(result: FittedSteps, chosen: ScoredPair, floor: ScoredPair, start:
         result.start["diverged"] = diverged_text
 
 
-def _with_prompts(model, prompts, convention: str) -> tuple:
+def _with_prompts(model, prompts) -> tuple:
     """(the model, its ``PromptSplit`` or None) for ``distill``'s ``prompts``: a list of extra_args
-    dicts becomes one model that takes ``prompt``."""
+    dicts becomes one model that takes ``prompt`` (each prompt's own entries over the shared
+    extra_args)."""
     if prompts is None:
         return model, None
     if isinstance(prompts, (list, tuple)):
         if not all(isinstance(p, dict) for p in prompts):
             raise ValueError("prompts must be a count or a list of extra_args dicts, one per prompt")
-        routed = route_prompts([lambda x, sigma, _args=args, **kw: model(x, sigma, **{**_args, **kw})
+        routed = route_prompts([lambda x, sigma, _args=args, **kw: model(x, sigma, **{**kw, **_args})
                                 for args in prompts])
-        routed.sigma_convention = convention
         return routed, split_prompts(len(prompts))
     if isinstance(prompts, bool) or not isinstance(prompts, int) or prompts < 1:
         raise ValueError(f"prompts must be a positive count or a list of extra_args dicts; got {prompts!r}")
@@ -515,7 +516,8 @@ def _by_prompt_half(errors: torch.Tensor, prompt_of: torch.Tensor, split: Prompt
     """The mean per-sample error on the validation seeds of the training prompts and on those of
     the held-out prompts (``errors`` and ``prompt_of`` [V], one per validation seed)."""
     trained = torch.isin(prompt_of, torch.tensor(split.training))
-    return {"training_prompts": mean_error(errors[trained]), "held_out_prompts": mean_error(errors[~trained])}
+    return {half: mean_error(errors[seeds]) if seeds.any() else float("nan")  # NaN: no seed left on that half
+            for half, seeds in (("training_prompts", trained), ("held_out_prompts", ~trained))}
 
 
 def teacher_tolerance(first_round, final: torch.Tensor) -> float:

@@ -128,5 +128,12 @@ class PromptRouter:
         return out
 
 
-__all__ = ["PerSample", "PromptRouter", "PromptSplit", "assign_prompts", "plain_args", "plain_model", "route_prompts", "rows_of",
-           "split_prompts"]
+def prompt_lines(prompts) -> list:
+    """The prompts of a prompt list as a user writes it: text with one per line, or a list of
+    strings; each stripped, the empty ones left out."""
+    lines = prompts.splitlines() if isinstance(prompts, str) else list(prompts or ())
+    return [line.strip() for line in lines if line.strip()]
+
+
+__all__ = ["PerSample", "PromptRouter", "PromptSplit", "assign_prompts", "plain_args", "plain_model", "prompt_lines",
+           "route_prompts", "rows_of", "split_prompts"]

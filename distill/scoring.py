@@ -20,7 +20,7 @@ from ..learned_samplers import sample_learned
 from ..schedules.grids import grid_coordinate
 from ..schedules.solver import FittedSteps
 from .prompts import rows_of
-from .settings import SolverSetup
+from .settings import NoiseLevels, SolverSetup
 
 # the worst share of samples ``tail_error`` averages
 TAIL_SHARE = 0.1
@@ -31,7 +31,7 @@ FLIP_FACTOR = 3.0
 
 def _rms(values: torch.Tensor) -> torch.Tensor:
     """[B] the RMS of each sample of ``values`` [B, ...], float64 on the CPU."""
-    return values.double().cpu().flatten(1).pow(2).mean(1).sqrt()
+    return values.double().flatten(1).pow(2).mean(1).sqrt().cpu()  # reduced where they are, [B] copied
 
 
 def _results(model, start: torch.Tensor, fit: FittedSteps, setup: SolverSetup, batch_size: int, dtype=None):
@@ -144,11 +144,13 @@ def ratio_interval(learned: torch.Tensor, reference: torch.Tensor, resamples: in
     return float(ratios.quantile(tail)), float(ratios.quantile(1 - tail))
 
 
-def builtin_pairs(schedules: dict, nfe: int, bases, sigma_min: float, sigma_max: float, convention: str) -> list:
+def builtin_pairs(schedules: dict, nfe: int, bases, levels: NoiseLevels) -> list:
     """Every (base, schedule name, FittedSteps) of ``bases`` x ``schedules`` at ``nfe`` steps;
-    each grid starts at sigma_max and stays inside the model's range (a schedule that rounds
+    each grid starts at sigma_max and stays inside the model's range (``levels``, its
+    convention resolved; a schedule that rounds
     the range, as published tables do, is clamped onto it). A schedule that repeats an earlier
     one's grid, or gives no strictly decreasing grid of ``nfe`` steps, is left out."""
+    (sigma_min, sigma_max), convention = levels.sigma_range, levels.convention
     pairs, grids = [], []
     for name, make in schedules.items():
         sigmas = torch.as_tensor(make(nfe), dtype=torch.float64).clone()

@@ -58,6 +58,19 @@ class RunSettings:
         """A copy with ``changes``; an unknown name is refused with the valid ones."""
         return replaced(self, self.KIND, changes)
 
+    def check(self):
+        """Raise ValueError naming the fix for a shared value no run can use; returns self (each
+        kind checks its own fields after these)."""
+        whole = {"samples": 1, "validation": 1, "iterations": 1, "batch_size": 1, "micro_batch": 1,
+                 "validate_every": 1, "inference_batch_size": 1, "teacher_steps": 4}
+        for name, low in whole.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be a whole number of at least {low}; got {value!r}")
+        if self.teacher_base not in BASE_SOLVERS:
+            raise ValueError(f"teacher_base must be one of {', '.join(BASE_SOLVERS)}; got {self.teacher_base!r}")
+        return self
+
 
 @dataclass(frozen=True)
 class FitSettings(RunSettings):
@@ -101,23 +114,16 @@ class FitSettings(RunSettings):
         """Raise ValueError naming the fix for a value no fit can use; returns self."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if (self.base != "auto" and self.base not in BASE_SOLVERS) or self.teacher_base not in BASE_SOLVERS:
-            raise ValueError(f"base must be 'auto' or one of {', '.join(BASE_SOLVERS)}, and teacher_base one of "
-                             f"{', '.join(BASE_SOLVERS)}")
-        tolerance_ok = self.teacher_tolerance == "auto" or (
-            isinstance(self.teacher_tolerance, (int, float)) and 0 < self.teacher_tolerance < 1)
-        if self.teacher_steps < 4 or not tolerance_ok:
-            raise ValueError("teacher_steps must be at least 4 and teacher_tolerance 'auto' or between 0 and 1")
+        super().check()
+        if self.base != "auto" and self.base not in BASE_SOLVERS:
+            raise ValueError(f"base must be 'auto' or one of {', '.join(BASE_SOLVERS)}; got {self.base!r}")
+        if not (self.teacher_tolerance == "auto" or (
+                isinstance(self.teacher_tolerance, (int, float)) and 0 < self.teacher_tolerance < 1)):
+            raise ValueError(f"teacher_tolerance must be 'auto' or between 0 and 1; got {self.teacher_tolerance!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be a whole number of at least 1; got {self.iterations!r}")
-        if self.samples < 1 or self.validation < 1:
-            raise ValueError("need at least one training and one validation sample")
         if not 1 <= self.history <= HISTORY:
             raise ValueError(f"history must be between 1 and {HISTORY}")
-        if min(self.batch_size, self.micro_batch, self.inference_batch_size, self.validate_every) < 1:
-            raise ValueError("batch_size, micro_batch, inference_batch_size and validate_every must be at least 1")
         return self
 
 

@@ -92,12 +92,7 @@ class SfdSettings(RunSettings):
     def check(self) -> SfdSettings:
         if self.inputs not in INPUTS:
             raise ValueError(f"inputs must be one of {', '.join(INPUTS)}; got {self.inputs!r}")
-        whole = {"iterations": 1, "samples": 1, "validation": 1, "batch_size": 1, "micro_batch": 1,
-                 "teacher_steps": 4, "validate_every": 1, "inference_batch_size": 1}
-        for name, low in whole.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be a whole number of at least {low}; got {value!r}")
+        super().check()
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise ValueError(f"lr must be between 0 and 1 (try 1e-3); got {self.lr!r}")
         return self
@@ -196,7 +191,7 @@ def _choose_grid(call, probes, s: SfdSettings, nfe, levels: NoiseLevels, extra_a
             raise ValueError(f"grid must be {nfe + 1} decreasing sigmas for NFE {nfe}; got {s.grid!r}")
         return "given", sigmas
     candidates = candidate_schedules(s.grid, levels)
-    pairs = builtin_pairs(candidates, nfe, ["euler"], *levels.sigma_range, levels.convention)
+    pairs = builtin_pairs(candidates, nfe, ["euler"], levels)
     if not pairs:
         raise ValueError(f"no schedule gives a valid {nfe}-step grid on this model's range")
     if len(pairs) == 1:
@@ -255,7 +250,7 @@ def distill_network(model, network: torch.nn.Module, shape, *, levels: NoiseLeve
             sigmas = snap_to_discrete(FittedSteps(sigmas=sigmas, coordinate=sigmas), levels.sigma_table,
                                       levels.sigma_range, convention).sigmas
         with counter.phase("teacher"):
-            teacher, residual = _teacher(counter, start, held, sigmas, levels, s, extra_args, track, hooks)
+            teacher, residual = _teacher(counter, start, held, sigmas, levels, s, extra_args, track)
         targets = [teacher.start] + [teacher.state_at(float(v)) for v in sigmas[1:]]
         setup = SolverSetup(base="euler", convention=convention, corrector=False, sigma_range=levels.sigma_range,
                             extra_args=extra_args, device=device)
@@ -300,8 +295,8 @@ def _check_steps(nfe):
                          f"more); got {nfe!r}")
 
 
-def _teacher(counter, start, held, sigmas, levels: NoiseLevels, s: SfdSettings, extra_args, track: SfdProgress,
-             hooks: RunHooks) -> tuple:
+def _teacher(counter, start, held, sigmas, levels: NoiseLevels, s: SfdSettings, extra_args,
+             track: SfdProgress) -> tuple:
     """(the teacher record on ``sigmas``' points, its residual): ``s.teacher_steps`` on every
     start state, checked by the validation noises again at half the steps (the difference
     bounds its error); the teacher grid runs down to the model's ``sigma_min``."""
@@ -312,10 +307,11 @@ def _teacher(counter, start, held, sigmas, levels: NoiseLevels, s: SfdSettings, 
 
     grid = teacher_grid([sigmas], s.teacher_steps, convention, levels.sigma_min)
     teacher = record_teacher(counter, start, grid, sigmas[1:], base=s.teacher_base, convention=convention,
-                             extra_args=extra_args, batch_size=batch_size, hooks=hooks.with_progress(batches_done))
+                             extra_args=extra_args, batch_size=batch_size,
+                             hooks=track.hooks.with_progress(batches_done))
     coarse_grid = teacher_grid([sigmas], max(2, s.teacher_steps // 2), convention, levels.sigma_min)
     coarse = record_teacher(counter, start[held], coarse_grid, base=s.teacher_base, convention=convention,
-                            extra_args=extra_args, batch_size=batch_size, hooks=RunHooks(cancel=hooks.cancel))
+                            extra_args=extra_args, batch_size=batch_size, hooks=RunHooks(cancel=track.hooks.cancel))
     if not torch.isfinite(teacher.final).all():
         raise FloatingPointError("the teacher run produced NaN or inf; check the model at these sigmas "
                                  "(and its dtype), or lower the CFG scale")

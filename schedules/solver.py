@@ -209,14 +209,14 @@ class LearnedSolver:
         """
         sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
         steps = len(sigmas) - 1
-        shared = {"base": self.base, "convention": self.convention, "corrector": self.corrector}
         if steps in self.fits:
-            return {**shared, **self.fits[steps].solver_options()}, []
+            return self.sampler_options(steps), []
         for nfe in sorted(self.fits):
-            fit = self.fits[nfe]
-            tail = fit.sigmas[-(steps + 1):]
+            tail = self.fits[nfe].sigmas[-(steps + 1):]
             if nfe > steps and torch.allclose(tail, sigmas, rtol=1e-4, atol=1e-7):
-                return {**shared, **fit.solver_options(), "corrections": fit.corrections().tail(steps)}, []
+                options = self.sampler_options(nfe)
+                return {**options, "corrections": options["corrections"].tail(steps)}, []
+        shared = {"base": self.base, "convention": self.convention, "corrector": self.corrector}
         return shared, [f"no fit for {steps} steps on this grid (fitted: {self.nfes}); sampling with the "
                         f"plain {self.base} solver"]
 

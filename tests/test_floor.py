@@ -73,7 +73,7 @@ def _judged_teacher(model, steps, nfe=4, seeds=32):
     the teacher refined at distill's tolerance for ``nfe`` ("auto"), and the reach, the smallest
     median error of a built-in pair at ``nfe`` on the floor's first probe seeds."""
     start = start_states((4, 32, 32), seeds, SIGMA_MAX, "ve", seed=1)
-    pairs = builtin_pairs(candidate_schedules("auto", LEVELS), nfe, BASE_SOLVERS, SIGMA_MIN, SIGMA_MAX, "ve")
+    pairs = builtin_pairs(candidate_schedules("auto", LEVELS), nfe, BASE_SOLVERS, LEVELS)
     setup = SolverSetup(base="euler", convention="ve", corrector=False, sigma_range=(SIGMA_MIN, SIGMA_MAX))
     first_round = []
 

@@ -88,3 +88,24 @@ def test_a_list_of_extra_args_is_the_same_fit_as_a_model_that_takes_the_prompt()
                                                                          rel=1e-4)
     with pytest.raises(ValueError, match="positive count or a list"):
         distill(model, SHAPE, nfe=4, prompts=0, **SMALL)
+
+
+def test_each_prompts_own_arguments_win_over_the_shared_ones_and_the_teacher_is_routed_too():
+    seen = {"student": [], "teacher": []}
+
+    def recording(role):
+        def model(x, sigma, tag=None, **_):
+            seen[role].append(tag)
+            return MIXTURE.guided(0, 3.0)(x, sigma)
+        return model
+
+    distill(recording("student"), SHAPE, nfe=4, prompts=[{"tag": "a"}, {"tag": "b"}], extra_args={"tag": "shared"},
+            teacher_model=recording("teacher"), **{**SMALL, "iterations": 1})
+    assert set(seen["student"]) == {"a", "b"} and set(seen["teacher"]) == {"a", "b"}
+
+
+def test_a_half_without_validation_seeds_is_reported_as_nan_not_infinite():
+    from learned_solvers.distill.pipeline import _by_prompt_half
+
+    halves = _by_prompt_half(torch.tensor([0.5, 0.25]), torch.tensor([0, 0]), split_prompts(2))
+    assert halves["training_prompts"] == pytest.approx(0.375) and halves["held_out_prompts"] != halves["held_out_prompts"]

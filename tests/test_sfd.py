@@ -92,6 +92,8 @@ def test_bad_settings_and_folders_are_refused_with_the_fix(unet, tmp_path):
         SfdSettings(lr=5.0).check()
     with pytest.raises(ValueError, match="iterations must be a whole number"):
         SfdSettings(iterations=0).check()
+    with pytest.raises(ValueError, match="teacher_base must be one of euler"):
+        SfdSettings(teacher_base="heun").check()
     with pytest.raises(ValueError, match="inputs must be one of teacher, student, unrolled"):
         SfdSettings(inputs="noise").check()
     with pytest.raises(TypeError, match="unknown SFD setting"):

@@ -175,7 +175,7 @@ def test_one_prompts_conditioning_is_repeated_for_a_batch_and_copied_out_of_infe
     copied = fitting._ordinary(args)
     assert not copied["cond"].batch[0][0].schedules[0].is_inference() and not copied["image_cond"].is_inference()
     assert args["cond"].batch[0][0].schedules[0].is_inference()  # the original is left as it was
-    repeated = fitting.repeat_conditioning(copied, 3)
+    repeated = fitting.conditioning_for(copied, [0] * 3)
     assert repeated["cond"].shape == (3,) and len(repeated["cond"].batch) == 3 and len(repeated["uncond"]) == 3
     assert repeated["image_cond"].shape == (3, 5, 1, 1) and repeated["cond_scale"] == 5.0
     assert len(copied["cond"].batch) == 1  # repeating makes a new object

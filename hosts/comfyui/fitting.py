@@ -27,16 +27,14 @@ import math
 import torch
 
 from ...distill.compare import compare_solvers
-from ...distill.discrete import fractional_timestep, snap_to_discrete
+from ...distill.discrete import fractional_timestep, snap_solver
 from ...distill.memory import LARGE_MODEL_BYTES, MEMORY_MODES, checkpointed_blocks
 from ...distill.memory import memory_plan as plan_for
 from ...distill.pipeline import distill
-from ...distill.prompts import route_prompts
+from ...distill.prompts import prompt_lines, route_prompts
 from ...distill.settings import CompareSettings, FitSettings, NoiseLevels, RunHooks
 from ...distill.sfd import SfdSettings, distill_network
 from .schedulers import host_schedules, model_facts
-
-
 
 
 def fingerprint(model) -> str:
@@ -192,7 +190,8 @@ def host_facts(model) -> tuple:
 def _model_provenance(model, facts: dict, cfg: float, shape) -> dict:
     """What a result records of the ComfyUI model it was fitted on (never its weights)."""
     return {"family": facts["family"], "prediction": facts["prediction"], "shift": facts.get("shift"),
-            "fingerprint": fingerprint(model), "cfg": float(cfg), "resolution": list(shape)}
+            "fingerprint": fingerprint(model), "cfg": float(cfg), "resolution": list(shape),
+            "sigma_range": [facts["sigma_min"], facts["sigma_max"]]}
 
 
 def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), memory="auto",
@@ -224,10 +223,7 @@ def distill_model(model, positive, negative, latent, cfg: float, *, nfe=(4,), me
 
     solver = run_guided(model, positive, negative, cfg, shape, settings.seed, fit, for_gradients=True,
                         memory=plan["memory"], more_prompts=more_prompts)
-    if facts["discrete"]:
-        for n, fitted in solver.fits.items():
-            solver.fits[n] = snap_to_discrete(fitted, levels.sigma_table, solver.sigma_range, solver.convention)
-    solver.provenance["model"]["sigma_range"] = [facts["sigma_min"], facts["sigma_max"]]
+    snap_solver(solver, levels.sigma_table if facts["discrete"] else None)
     if any(not math.isfinite(f.held_out_rmse) for f in solver.fits.values()):
         raise FloatingPointError("the fit produced no finite held-out error; lower the CFG or the learning rate")
     return solver
@@ -252,8 +248,7 @@ def distill_network_model(model, positive, negative, latent, cfg: float, *, nfe:
                            inference_batch_size=plan["inference_batch_size"]).replace(**changes)
     shape = latent_shape(model, latent)
     network = model.model.diffusion_model
-    provenance = {"model": {**_model_provenance(model, facts, cfg, shape),
-                            "sigma_range": [facts["sigma_min"], facts["sigma_max"]]}, "memory": plan["memory"]}
+    provenance = {"model": _model_provenance(model, facts, cfg, shape), "memory": plan["memory"]}
 
     def fit(denoiser, device):
         return distill_network(denoiser, network, shape, levels=levels, nfe=nfe, settings=settings, device=device,
@@ -261,17 +256,14 @@ def distill_network_model(model, positive, negative, latent, cfg: float, *, nfe:
 
     result = run_guided(model, positive, negative, cfg, shape, settings.seed, fit, for_gradients=True,
                         memory=plan["memory"])
-    if result.with_solver is not None and facts["discrete"]:
-        combined = result.with_solver
-        for n, fitted in combined.fits.items():
-            combined.fits[n] = snap_to_discrete(fitted, levels.sigma_table, combined.sigma_range, combined.convention)
+    snap_solver(result.with_solver, levels.sigma_table if facts["discrete"] else None)
     return result
 
 
 def encode_prompts(clip, text: str) -> list:
     """One CONDITIONING per non-empty line of ``text``, encoded by ``clip`` as the core
     CLIPTextEncode node encodes a prompt."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    lines = prompt_lines(text)
     if lines and clip is None:
         raise ValueError("the prompt list needs a CLIP to encode it: connect the checkpoint's CLIP to the "
                          "Distill Sampler's clip input, or empty the list")
@@ -338,8 +330,5 @@ def _constant_weights(patcher):
                                      else constant)
 
 
-
-
-__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "distill_model", "distill_network_model", "encode_prompts", "fingerprint",
-           "lora_model",
-           "memory_plan", "snap_to_discrete"]
+__all__ = ["LARGE_MODEL_BYTES", "MEMORY_MODES", "compare_model", "distill_model", "distill_network_model",
+           "encode_prompts", "fingerprint", "lora_model", "memory_plan"]

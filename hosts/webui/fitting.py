@@ -22,10 +22,11 @@ import math
 
 import torch
 
-from ...distill.discrete import fractional_timestep, is_discrete, snap_to_discrete
+from ...distill.discrete import fractional_timestep, is_discrete, snap_solver
 from ...distill.fit import FitCancelled
 from ...distill.memory import MEMORY_MODES, checkpointed_blocks, frozen_weights, memory_plan
 from ...distill.pipeline import distill
+from ...distill.prompts import prompt_lines
 from ...distill.settings import METHODS, FitSettings, NoiseLevels, RunHooks
 from ...learned_samplers import BASE_SOLVERS
 from ...schedules.solver import parse_nfes
@@ -75,11 +76,6 @@ def conditioning_for(extra_args: dict, prompts) -> dict:
     return picked
 
 
-def repeat_conditioning(extra_args: dict, batch: int) -> dict:
-    """WebUI's CFG denoiser arguments for ``batch`` samples of the first prompt."""
-    return conditioning_for(extra_args, [0] * batch)
-
-
 @contextlib.contextmanager
 def fractional_steps(predictor):
     """Within: a discrete ``predictor``'s ``timestep(sigma)`` is fractional (``discrete``); a
@@ -119,7 +115,6 @@ def run_in_webui(webui, body, *, prompt, negative_prompt: str, cfg: float, width
                  else (contextlib.nullcontext(), torch.no_grad()))
         with modes[0], modes[1]:
             args = _ordinary(extra_args or {})
-            by_prompts = {}  # the conditioning for each arrangement of prompts in a batch
             # the network is asked for here: WebUI loads the checkpoint lazily, inside the processing
             net = network() if network is not None else None
             weights = frozen_weights(net) if for_gradients and net is not None else contextlib.nullcontext()
@@ -130,10 +125,9 @@ def run_in_webui(webui, body, *, prompt, negative_prompt: str, cfg: float, width
                          "table": table}
 
                 def denoiser(x, sigma, prompt=None, **_):
-                    rows = (0,) * x.shape[0] if prompt is None else tuple(int(p) for p in prompt.tolist())
-                    if rows not in by_prompts:
-                        by_prompts[rows] = conditioning_for(args, rows)
-                    return model(x, sigma, **by_prompts[rows])
+                    # picking each sample's rows is a few list lookups, next to a model call
+                    rows = [0] * x.shape[0] if prompt is None else prompt.tolist()
+                    return model(x, sigma, **conditioning_for(args, rows))
 
                 denoiser.sigma_convention = facts["convention"]
                 try:
@@ -153,8 +147,8 @@ def run_in_webui(webui, body, *, prompt, negative_prompt: str, cfg: float, width
         p = webui.processing.StableDiffusionProcessingTxt2Img(
             sd_model=webui.shared.sd_model, prompt=prompt, negative_prompt=negative_prompt, cfg_scale=float(cfg),
             width=int(width), height=int(height), steps=1, seed=int(seed), sampler_name=DRIVER, scheduler="Automatic",
-            batch_size=len(prompt) if isinstance(prompt, list) else 1, n_iter=1, do_not_save_samples=True, do_not_save_grid=True,
-            override_settings=dict(override_settings or {}))
+            batch_size=len(prompt) if isinstance(prompt, list) else 1, n_iter=1, do_not_save_samples=True,
+            do_not_save_grid=True, override_settings=dict(override_settings or {}))
         webui.processing.process_images(p)
     finally:
         samplers.all_samplers.remove(data)
@@ -179,9 +173,9 @@ def parse_request(body: dict) -> dict:
     """The keyword arguments of ``distill_webui_model`` (and "name", the file name) from a
     distill request's JSON fields: prompt, prompt_list (more prompts: text with one per line, or
     a list; with any, "prompt" is the list of the prompt and these), negative_prompt, cfg_scale,
-    width, height, nfe ("4", "4, 6" or [4, 6]), name, override_settings (WebUI settings for the run, as txt2img takes
-    them: clip skip, emphasis, ...), memory (``memory.MEMORY_MODES``) and ``REQUEST_SETTINGS``. Raises ValueError naming the field and
-    what it must be."""
+    width, height, nfe ("4", "4, 6" or [4, 6]), name, override_settings (WebUI settings for the
+    run, as txt2img takes them: clip skip, emphasis, ...), memory (``memory.MEMORY_MODES``) and
+    ``REQUEST_SETTINGS``. Raises ValueError naming the field and what it must be."""
     if not isinstance(body, dict):
         raise ValueError("the request must be a JSON object")
     known = {"prompt", "negative_prompt", "cfg_scale", "width", "height", "nfe", "name", "override_settings",
@@ -191,11 +185,9 @@ def parse_request(body: dict) -> dict:
         raise ValueError(f"unknown field(s) {', '.join(unknown)}; the fields are {', '.join(sorted(known))}")
     request = {"prompt": str(body.get("prompt", "")), "negative_prompt": str(body.get("negative_prompt", ""))}
     listed = body.get("prompt_list") or []
-    if isinstance(listed, str):
-        listed = listed.splitlines()
-    if not isinstance(listed, list) or not all(isinstance(line, str) for line in listed):
+    if not isinstance(listed, (str, list)) or not all(isinstance(line, str) for line in listed):
         raise ValueError("prompt_list must be text (one prompt per line) or a list of prompts")
-    more_prompts = [line.strip() for line in listed if line.strip()]
+    more_prompts = prompt_lines(listed)
     if len(more_prompts) >= MAX_PROMPTS:
         raise ValueError(f"prompt_list may hold at most {MAX_PROMPTS - 1} prompts (the prompt is one more); "
                          f"got {len(more_prompts)}")
@@ -280,14 +272,12 @@ def distill_webui_model(webui, *, prompt, negative_prompt: str = "", cfg: float 
     solver = run_in_webui(webui, fit, prompt=prompts or (prompt[0] if isinstance(prompt, list) else prompt),
                           negative_prompt=negative_prompt, cfg=cfg, width=width, height=height, seed=s.seed,
                           network=network, for_gradients=True, override_settings=override_settings)
-    if tables.get("table") is not None:
-        for n, fitted in solver.fits.items():
-            solver.fits[n] = snap_to_discrete(fitted, tables["table"], solver.sigma_range, solver.convention)
+    snap_solver(solver, tables.get("table"))
     if any(not math.isfinite(f.held_out_rmse) for f in solver.fits.values()):
         raise FloatingPointError("the fit produced no finite held-out error; lower the CFG or the learning rate")
     return solver
 
 
 __all__ = ["BASE_SOLVERS", "DRIVER", "MEMORY_MODES", "METHODS", "REQUEST_SETTINGS", "FitCancelled", "FitSettings",
-           "conditioning_for", "distill_webui_model", "error_advice", "frozen_weights", "parse_request", "repeat_conditioning",
+           "conditioning_for", "distill_webui_model", "error_advice", "frozen_weights", "parse_request",
            "run_in_webui"]
