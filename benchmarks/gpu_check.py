@@ -226,7 +226,8 @@ def estimated(name: str) -> dict:
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=meta, offload_device=meta)
     full = full_calls(patcher, 0.1)
     per, gradient = H200_CALL_SECONDS[name], GRADIENT_CALL_COST[True] * H200_CALL_SECONDS[name]
-    return {"estimated": True, "full_calls": full, "per_call_ms": {"inference": 1000 * per, "gradient": 1000 * gradient},
+    return {"estimated": True, "full_calls": full,
+            "per_call_ms": {"inference": 1000 * per, "gradient": 1000 * gradient},
             "projected_full_s": round(full["inference"] * per + full["gradient"] * gradient, 0)}
 
 
